@@ -1,0 +1,141 @@
+//! The command line: clap argument structs that turn into plain library calls. No logic lives in
+//! the argument structs; each command group has its own file.
+
+mod logcmd;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::store::{Store, StoreOptions};
+
+/// zolog: a crash-safe event log for ML training runs, and the .zo/ files folded from it.
+#[derive(Debug, Parser)]
+#[command(name = "zolog", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The store: a `.zo` directory, or a project directory holding one. Default: found by walking
+    /// up from the current directory, as git finds its repository.
+    #[arg(long, global = true, env = "ZO_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Seconds to wait for the writer lock before failing with who holds it.
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS")]
+    pub lock_timeout: f64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a store (`.zo/`) here, or at --store, and record ProjectInitialized.
+    Init(logcmd::InitArgs),
+    /// Append events, one JSON object per line, from FILE or standard input.
+    Append(logcmd::AppendArgs),
+    /// Print events as JSON lines.
+    Log(logcmd::LogArgs),
+    /// Check every segment and record; non-zero exit on damage.
+    Verify(logcmd::VerifyArgs),
+    /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
+    Recover(logcmd::RecoverArgs),
+}
+
+/// What every command gets: where the store is and how to open it.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub store_arg: Option<PathBuf>,
+    pub opts: StoreOptions,
+}
+
+impl Ctx {
+    /// The store's `.zo` directory, from --store / ZO_STORE or by discovery.
+    pub fn store_root(&self) -> Result<PathBuf> {
+        match &self.store_arg {
+            Some(p) => Ok(Store::resolve(p)),
+            None => {
+                let cwd = std::env::current_dir().map_err(|e| Error::io("getcwd", ".", e))?;
+                Store::discover(&cwd)
+            }
+        }
+    }
+
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.store_root()?, self.opts.clone())
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Parse the command line, run it, and map the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let ctx = Ctx {
+        store_arg: cli.store.clone(),
+        opts: StoreOptions::default()
+            .with_lock_timeout(Duration::from_secs_f64(cli.lock_timeout.max(0.0))),
+    };
+    match run(cli.command, &ctx) {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Run one command.
+pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
+    match command {
+        Command::Init(a) => logcmd::init(ctx, a),
+        Command::Append(a) => logcmd::append(ctx, a),
+        Command::Log(a) => logcmd::log(ctx, a),
+        Command::Verify(a) => logcmd::verify(ctx, a),
+        Command::Recover(a) => logcmd::recover(ctx, a),
+    }
+}
+
+/// Print an error with its causes; a closed stdout (`zolog log | head`) exits quietly.
+fn report(e: &Error) -> ExitCode {
+    if let Error::Io { source, .. } = e
+        && source.kind() == io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
+    }
+    let mut msg = format!("zolog: error: {e}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!("\n  caused by: {text}"));
+        }
+        cause = c.source();
+    }
+    let _ = writeln!(io::stderr(), "{msg}");
+    ExitCode::FAILURE
+}
+
+/// Write to stdout, turning a broken pipe into an error `report` keeps quiet about.
+pub(crate) fn out(w: &mut impl Write, text: std::fmt::Arguments<'_>) -> Result<()> {
+    w.write_fmt(text)
+        .map_err(|e| Error::io("write", "<stdout>", e))
+}

@@ -1,0 +1,58 @@
+//! The library's error type. Every variant says what went wrong and where (file, line, offset).
+
+use std::path::PathBuf;
+
+use crate::event::ExpId;
+use crate::event::codec::CodecError;
+use crate::log::LogError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("event {seq}: {source}")]
+    Codec {
+        seq: u64,
+        #[source]
+        source: CodecError,
+    },
+    #[error(
+        "no zolog store found in {} or any parent directory (run `zolog init`, or pass --store / set ZO_STORE)",
+        start.display()
+    )]
+    NoStore { start: PathBuf },
+    #[error("{} is already a zolog store", .0.display())]
+    AlreadyInitialized(PathBuf),
+    #[error("{}:{line}: {reason}", file.display())]
+    InvalidInput {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("unknown experiment {0}")]
+    UnknownExperiment(ExpId),
+    #[error(transparent)]
+    InvalidId(#[from] crate::event::IdError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

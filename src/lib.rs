@@ -1,0 +1,13 @@
+//! zolog: an event-sourced engine for ML training runs.
+//!
+//! Trainers, the training checker and agents append events to one crash-safe write-ahead log
+//! ([`log`]); projections fold the log into the files people and agents read. See ARCHITECTURE.md
+//! for the map and the invariants, docs/format.md for the bytes.
+
+pub mod cli;
+pub mod error;
+pub mod event;
+pub mod log;
+pub mod store;
+
+pub use error::{Error, Result};

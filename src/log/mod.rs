@@ -1,0 +1,1168 @@
+//! The write-ahead log: segments of CRC-framed records with gap-free sequence numbers.
+//!
+//! Architecture invariant: this module knows bytes and sequence numbers, nothing about events.
+//! docs/format.md is the contract for the bytes; wal-rules.md numbers are cited where a rule is
+//! implemented.
+
+pub mod frame;
+pub mod fs;
+pub mod scan;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use self::frame::{DEFAULT_MAX_RECORD, SEGMENT_HEADER_LEN, SegmentHeader};
+use self::fs::{Fs, FsFile, LockFailure, LockGuard};
+pub use self::scan::{RecordRef, Tail};
+
+/// The default segment size at which the writer starts a new segment: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+const SEGMENT_EXT: &str = ".zlog";
+
+/// Errors of the log. Every corruption names the segment file and byte offset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log damaged in {} at offset {offset}: {reason}", segment.display())]
+    Corrupted {
+        segment: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the log is locked by {holder}; gave up after {waited:?} (another writer is appending; try again, raise --lock-timeout, or stop that process)"
+    )]
+    Locked { holder: String, waited: Duration },
+    #[error(
+        "the log writer is poisoned after an earlier failure ({reason}); reopen the store to recover"
+    )]
+    Poisoned { reason: String },
+    #[error("record {index} of the batch is {len} bytes, over the maximum record size of {max}")]
+    RecordTooLarge { index: usize, len: usize, max: u32 },
+    #[error("cannot append an empty batch")]
+    EmptyBatch,
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl LogError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Tunables of a log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub segment_size: u64,
+    pub max_record: u32,
+    pub lock_timeout: Duration,
+    /// Written into the LOCK file while we hold it ("pid 12 on host: zolog append").
+    pub holder: String,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_record: DEFAULT_MAX_RECORD,
+            lock_timeout: Duration::from_secs(10),
+            holder: format!("pid {}", std::process::id()),
+        }
+    }
+}
+
+/// Where the writer left the end of the log, so the next writer in this process need not rescan
+/// the whole last segment. Checked before it is trusted.
+#[derive(Debug, Clone, Copy)]
+struct TailHint {
+    segment_first_seq: u64,
+    end: u64,
+    next_seq: u64,
+    last_crc: u32,
+    last_record_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    opts: LogOptions,
+    hint: Mutex<Option<TailHint>>,
+}
+
+/// A log directory. Cheap to clone. Reading needs no lock; writing goes through [`Log::writer`].
+#[derive(Debug, Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+/// Range of sequence numbers a batch received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// What recovery cut from a torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub kept_in: PathBuf,
+    pub reason: String,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_EXT}")
+}
+
+impl Log {
+    /// Open (creating the directory if needed) the log in `dir`.
+    pub fn open(fs: Arc<dyn Fs>, dir: impl Into<PathBuf>, opts: LogOptions) -> Result<Log> {
+        let dir = dir.into();
+        fs.create_dir_all(&dir)
+            .map_err(|e| LogError::io("create directory", &dir, e))?;
+        Ok(Log {
+            inner: Arc::new(Inner {
+                fs,
+                dir,
+                opts,
+                hint: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.opts
+    }
+
+    pub fn fs(&self) -> &Arc<dyn Fs> {
+        &self.inner.fs
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.inner.dir.join("LOCK")
+    }
+
+    pub fn segment_path(&self, first_seq: u64) -> PathBuf {
+        self.inner.dir.join(segment_name(first_seq))
+    }
+
+    /// First sequence numbers of the segments, in order.
+    pub fn segments(&self) -> Result<Vec<u64>> {
+        let names = self
+            .inner
+            .fs
+            .list(&self.inner.dir)
+            .map_err(|e| LogError::io("list", &self.inner.dir, e))?;
+        let mut seqs: Vec<u64> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(SEGMENT_EXT))
+            .filter(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|stem| stem.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Who holds the writer lock right now, if anybody.
+    pub fn lock_holder(&self) -> Option<String> {
+        self.inner.fs.lock_holder(&self.lock_path())
+    }
+
+    fn read_all(&self, path: &Path) -> Result<Vec<u8>> {
+        let mut f = self
+            .inner
+            .fs
+            .open(path)
+            .map_err(|e| LogError::io("open", path, e))?;
+        f.read_range(0, usize::MAX)
+            .map_err(|e| LogError::io("read", path, e))
+    }
+
+    /// Take the writer lock and recover the tail (wal-rules 4, 12, 13). The returned writer holds
+    /// the lock until dropped.
+    pub fn writer(&self) -> Result<Writer> {
+        let opts = &self.inner.opts;
+        let lock = self
+            .inner
+            .fs
+            .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
+            .map_err(|e| match e {
+                LockFailure::Busy { holder } => LogError::Locked {
+                    holder,
+                    waited: opts.lock_timeout,
+                },
+                LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
+            })?;
+        let (writer, cut) = self.open_tail(lock)?;
+        if let Some(cut) = cut {
+            tracing::warn!(
+                segment = %cut.segment.display(),
+                offset = cut.offset,
+                bytes = cut.bytes,
+                kept_in = %cut.kept_in.display(),
+                "cut a torn tail: {}",
+                cut.reason
+            );
+        }
+        Ok(writer)
+    }
+
+    /// Recover the tail (as any writer does on open) and report what was cut.
+    pub fn recover(&self) -> Result<Option<Cut>> {
+        let opts = &self.inner.opts;
+        let lock = self
+            .inner
+            .fs
+            .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
+            .map_err(|e| match e {
+                LockFailure::Busy { holder } => LogError::Locked {
+                    holder,
+                    waited: opts.lock_timeout,
+                },
+                LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
+            })?;
+        let (_w, cut) = self.open_tail(lock)?;
+        Ok(cut)
+    }
+
+    /// Cut the log at `offset` of the segment starting at `segment_first_seq`: for damage in the
+    /// middle of the log, only ever on a person's explicit request. The offset must be the end of
+    /// a complete batch. The bytes after it, and every later segment, are kept as `.broken` files.
+    pub fn cut_at(&self, segment_first_seq: u64, offset: u64) -> Result<Vec<Cut>> {
+        let opts = &self.inner.opts;
+        let _lock = self
+            .inner
+            .fs
+            .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
+            .map_err(|e| match e {
+                LockFailure::Busy { holder } => LogError::Locked {
+                    holder,
+                    waited: opts.lock_timeout,
+                },
+                LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
+            })?;
+        self.inner
+            .hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let segments = self.segments()?;
+        let idx = segments
+            .iter()
+            .position(|&s| s == segment_first_seq)
+            .ok_or_else(|| {
+                LogError::Refused(format!(
+                    "no segment {} in {}",
+                    segment_name(segment_first_seq),
+                    self.inner.dir.display()
+                ))
+            })?;
+        let path = self.segment_path(segment_first_seq);
+        let bytes = self.read_all(&path)?;
+        let (header, hlen) = SegmentHeader::decode(&bytes).map_err(|e| LogError::Corrupted {
+            segment: path.clone(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        let off = usize::try_from(offset).unwrap_or(usize::MAX);
+        if off < hlen || off > bytes.len() {
+            return Err(LogError::Refused(format!(
+                "offset {offset} is outside the records of {} (they span {hlen}..{})",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let s = scan::scan::<()>(
+            &bytes[hlen..off],
+            hlen as u64,
+            header.first_seq,
+            opts.max_record,
+            |_| Ok(()),
+        )
+        .unwrap_or_else(|()| unreachable!());
+        if s.tail != Tail::Clean {
+            return Err(LogError::Refused(format!(
+                "offset {offset} is not the end of a complete batch in {}; the nearest earlier one is {}",
+                path.display(),
+                hlen + s.clean_end
+            )));
+        }
+        let mut cuts = Vec::new();
+        // Later segments first, newest first, so a crash leaves a log that still ends cleanly.
+        for &later in segments[idx + 1..].iter().rev() {
+            let lp = self.segment_path(later);
+            let kept = self.broken_path(&lp, 0);
+            let len = self.read_all(&lp)?.len() as u64;
+            self.inner
+                .fs
+                .rename(&lp, &kept)
+                .map_err(|e| LogError::io("rename", &lp, e))?;
+            self.sync_dir()?;
+            cuts.push(Cut {
+                segment: lp,
+                offset: 0,
+                bytes: len,
+                kept_in: kept,
+                reason: "segment after an explicit cut".into(),
+            });
+        }
+        let mut file = self
+            .inner
+            .fs
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        if let Some(cut) = self.cut_file(
+            &mut *file,
+            &path,
+            offset,
+            &bytes[off..],
+            "explicit cut".to_owned(),
+        )? {
+            cuts.push(cut);
+        }
+        Ok(cuts)
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.inner
+            .fs
+            .sync_dir(&self.inner.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.inner.dir, e))
+    }
+
+    fn broken_path(&self, segment: &Path, offset: u64) -> PathBuf {
+        let name = segment
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("segment");
+        let mut n = 0;
+        loop {
+            let candidate = if n == 0 {
+                self.inner.dir.join(format!("{name}.{offset}.broken"))
+            } else {
+                self.inner.dir.join(format!("{name}.{offset}.{n}.broken"))
+            };
+            if !self.inner.fs.exists(&candidate) {
+                return candidate;
+            }
+            n += 1;
+        }
+    }
+
+    /// Keep `tail` (the file's bytes from `offset` to its end) in a `.broken` file, then
+    /// truncate `file` to `offset`, durably (wal-rules 4: truncate, fdatasync, and only then
+    /// append again).
+    fn cut_file(
+        &self,
+        file: &mut dyn FsFile,
+        path: &Path,
+        offset: u64,
+        tail: &[u8],
+        reason: String,
+    ) -> Result<Option<Cut>> {
+        if tail.is_empty() {
+            return Ok(None);
+        }
+        let kept = self.broken_path(path, offset);
+        let mut bf = self
+            .inner
+            .fs
+            .create_new(&kept)
+            .map_err(|e| LogError::io("create", &kept, e))?;
+        bf.write_all_at(0, tail)
+            .map_err(|e| LogError::io("write", &kept, e))?;
+        bf.sync_data()
+            .map_err(|e| LogError::io("fdatasync", &kept, e))?;
+        self.sync_dir()?;
+        file.set_len(offset)
+            .map_err(|e| LogError::io("truncate", path, e))?;
+        file.sync_data()
+            .map_err(|e| LogError::io("fdatasync", path, e))?;
+        Ok(Some(Cut {
+            segment: path.to_path_buf(),
+            offset,
+            bytes: tail.len() as u64,
+            kept_in: kept,
+            reason,
+        }))
+    }
+
+    /// Under the lock: find the end of the log, cutting a torn tail, and build a writer there.
+    fn open_tail(&self, lock: Box<dyn LockGuard>) -> Result<(Writer, Option<Cut>)> {
+        let fs = &self.inner.fs;
+        let dir = &self.inner.dir;
+        let max = self.inner.opts.max_record;
+        // Segments that were never renamed into place hold nothing acknowledged.
+        let names = fs.list(dir).map_err(|e| LogError::io("list", dir, e))?;
+        let mut removed = false;
+        for n in names.iter().filter(|n| n.ends_with(".zlog.tmp")) {
+            let p = dir.join(n);
+            fs.remove_file(&p)
+                .map_err(|e| LogError::io("remove", &p, e))?;
+            removed = true;
+        }
+        if removed {
+            self.sync_dir()?;
+        }
+        let segments = self.segments()?;
+        let Some(&last) = segments.last() else {
+            let w = Writer::create_segment(self.clone(), lock, 1, 0)?;
+            return Ok((w, None));
+        };
+        let path = self.segment_path(last);
+        let mut file = fs.open(&path).map_err(|e| LogError::io("open", &path, e))?;
+        let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
+
+        // Trust the hint only if the record it names is still there, unchanged.
+        let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hint
+            && h.segment_first_seq == last
+            && len >= h.end
+            && self.hint_holds(&mut *file, &h)
+        {
+            let rest = file
+                .read_range(h.end, (len - h.end) as usize)
+                .map_err(|e| LogError::io("read", &path, e))?;
+            let s = scan::scan::<()>(&rest, h.end, h.next_seq, max, |_| Ok(()))
+                .unwrap_or_else(|()| unreachable!());
+            let end = h.end + s.clean_end as u64;
+            let cut = self.settle_tail(&mut *file, &path, h.end, &rest, &s)?;
+            let w = Writer {
+                log: self.clone(),
+                _lock: lock,
+                file,
+                path,
+                segment_first_seq: last,
+                end,
+                next_seq: s.next_seq,
+                last_crc: s.last_crc.unwrap_or(h.last_crc),
+                last_record_at: s
+                    .last_record_at
+                    .map(|o| h.end + o as u64)
+                    .or(h.last_record_at),
+                poisoned: None,
+                buf: Vec::new(),
+            };
+            return Ok((w, cut));
+        }
+
+        let bytes = file
+            .read_range(0, len as usize)
+            .map_err(|e| LogError::io("read", &path, e))?;
+        let (header, hlen) = SegmentHeader::decode(&bytes).map_err(|e| LogError::Corrupted {
+            segment: path.clone(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        if header.first_seq != last {
+            return Err(LogError::Corrupted {
+                segment: path.clone(),
+                offset: 16,
+                reason: format!(
+                    "segment header says first seq {}, its name says {last}",
+                    header.first_seq
+                ),
+            });
+        }
+        let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |_| {
+            Ok(())
+        })
+        .unwrap_or_else(|()| unreachable!());
+        let cut = self.settle_tail(&mut *file, &path, hlen as u64, &bytes[hlen..], &s)?;
+        let w = Writer {
+            log: self.clone(),
+            _lock: lock,
+            file,
+            path,
+            segment_first_seq: last,
+            end: (hlen + s.clean_end) as u64,
+            next_seq: s.next_seq,
+            last_crc: s.last_crc.unwrap_or(header.prev_tail_crc),
+            last_record_at: s.last_record_at.map(|o| (hlen + o) as u64),
+            poisoned: None,
+            buf: Vec::new(),
+        };
+        Ok((w, cut))
+    }
+
+    fn hint_holds(&self, file: &mut dyn FsFile, h: &TailHint) -> bool {
+        let Some(at) = h.last_record_at else {
+            // No record yet in this segment: the header must still say what we think.
+            return file
+                .read_range(0, SEGMENT_HEADER_LEN)
+                .ok()
+                .and_then(|b| SegmentHeader::decode(&b).ok())
+                .is_some_and(|(sh, _)| {
+                    sh.first_seq == h.segment_first_seq && h.end == SEGMENT_HEADER_LEN as u64
+                });
+        };
+        file.read_range(at, frame::FRAME_HEADER_LEN)
+            .ok()
+            .and_then(|b| frame::parse_header(&b, self.inner.opts.max_record).ok())
+            .is_some_and(|fh| {
+                fh.header_crc == h.last_crc
+                    && fh.seq + 1 == h.next_seq
+                    && at + fh.frame_len() as u64 == h.end
+            })
+    }
+
+    /// Act on the tail a scan found: cut a torn one, refuse damage.
+    fn settle_tail(
+        &self,
+        file: &mut dyn FsFile,
+        path: &Path,
+        base: u64,
+        bytes: &[u8],
+        s: &scan::Scan,
+    ) -> Result<Option<Cut>> {
+        match &s.tail {
+            Tail::Clean => Ok(None),
+            Tail::Damaged { at, reason } => Err(LogError::Corrupted {
+                segment: path.to_path_buf(),
+                offset: base + *at as u64,
+                reason: format!(
+                    "{reason}; valid records follow the damage, so it is not a torn tail and nothing was cut (see `zolog verify`, and `zolog recover --cut-at` to cut explicitly)"
+                ),
+            }),
+            Tail::Torn { reason, .. } => self.cut_file(
+                file,
+                path,
+                base + s.clean_end as u64,
+                &bytes[s.clean_end..],
+                reason.clone(),
+            ),
+        }
+    }
+
+    /// A reader positioned at `from_seq` (1 for the beginning).
+    pub fn reader(&self, from_seq: u64) -> Reader {
+        Reader {
+            log: self.clone(),
+            from_seq: from_seq.max(1),
+            pos: None,
+        }
+    }
+
+    /// Check every segment read-only. `check_payload` validates each payload (the log does not
+    /// know what they mean); `progress` is told bytes done and total.
+    pub fn verify(
+        &self,
+        check_payload: &mut PayloadCheck<'_>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        let segments = self.segments()?;
+        let mut sizes = Vec::new();
+        for &s in &segments {
+            let p = self.segment_path(s);
+            let len = self
+                .inner
+                .fs
+                .open(&p)
+                .and_then(|mut f| f.len())
+                .map_err(|e| LogError::io("stat", &p, e))?;
+            sizes.push(len);
+        }
+        let total: u64 = sizes.iter().sum();
+        let mut report = VerifyReport {
+            segments: Vec::new(),
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+            bytes: total,
+            problems: Vec::new(),
+            writer_active: self.lock_holder(),
+        };
+        let mut done = 0u64;
+        let mut expected: Option<(u64, u32)> = None; // (next seq, tail crc) of the previous segment
+        let max = self.inner.opts.max_record;
+        for (i, &first) in segments.iter().enumerate() {
+            let path = self.segment_path(first);
+            let is_last = i + 1 == segments.len();
+            let bytes = self.read_all(&path)?;
+            let mut seg = SegmentReport {
+                path: path.clone(),
+                first_seq: first,
+                records: 0,
+                bytes: bytes.len() as u64,
+            };
+            let (header, hlen) = match SegmentHeader::decode(&bytes) {
+                Ok(h) => h,
+                Err(e) => {
+                    report.problems.push(Problem {
+                        segment: path.clone(),
+                        offset: 0,
+                        kind: ProblemKind::Damage,
+                        message: e.to_string(),
+                    });
+                    report.segments.push(seg);
+                    expected = None;
+                    done += bytes.len() as u64;
+                    progress(done, total);
+                    continue;
+                }
+            };
+            if header.first_seq != first {
+                report.problems.push(Problem {
+                    segment: path.clone(),
+                    offset: 16,
+                    kind: ProblemKind::Damage,
+                    message: format!(
+                        "segment header says first seq {}, its name says {first}",
+                        header.first_seq
+                    ),
+                });
+            }
+            if let Some((next, crc)) = expected {
+                if header.first_seq != next {
+                    report.problems.push(Problem {
+                        segment: path.clone(),
+                        offset: 16,
+                        kind: ProblemKind::Chain,
+                        message: format!(
+                            "segment starts at seq {}, but the previous segment ends before seq {next} (records missing or a segment lost)",
+                            header.first_seq
+                        ),
+                    });
+                } else if header.prev_tail_crc != crc {
+                    report.problems.push(Problem {
+                        segment: path.clone(),
+                        offset: 24,
+                        kind: ProblemKind::Chain,
+                        message:
+                            "segment does not chain to the previous one (prev_tail_crc mismatch)"
+                                .into(),
+                    });
+                }
+            }
+            let mut payload_problems = Vec::new();
+            let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |r| {
+                if let Err(msg) = check_payload(r.seq, r.payload) {
+                    payload_problems.push(Problem {
+                        segment: path.clone(),
+                        offset: r.offset,
+                        kind: ProblemKind::Payload,
+                        message: format!("record {}: {msg}", r.seq),
+                    });
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|()| unreachable!());
+            report.problems.extend(payload_problems);
+            seg.records = s.records;
+            report.records += s.records;
+            if s.records > 0 {
+                report.first_seq.get_or_insert(header.first_seq);
+                report.last_seq = Some(s.next_seq - 1);
+            }
+            match &s.tail {
+                Tail::Clean => {}
+                Tail::Torn { reason, .. } if is_last => report.problems.push(Problem {
+                    segment: path.clone(),
+                    offset: (hlen + s.clean_end) as u64,
+                    kind: ProblemKind::TornTail,
+                    message: format!(
+                        "torn tail of {} byte(s): {reason}",
+                        bytes.len() - hlen - s.clean_end
+                    ),
+                }),
+                Tail::Torn { at, reason } | Tail::Damaged { at, reason } => {
+                    report.problems.push(Problem {
+                        segment: path.clone(),
+                        offset: (hlen + at) as u64,
+                        kind: ProblemKind::Damage,
+                        message: reason.clone(),
+                    })
+                }
+            }
+            expected = Some((s.next_seq, s.last_crc.unwrap_or(header.prev_tail_crc)));
+            report.segments.push(seg);
+            done += bytes.len() as u64;
+            progress(done, total);
+        }
+        Ok(report)
+    }
+}
+
+/// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it.
+pub type PayloadCheck<'a> = dyn FnMut(u64, &[u8]) -> std::result::Result<(), String> + 'a;
+
+/// Result of [`Log::verify`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub segments: Vec<SegmentReport>,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+    /// Who held the writer lock during the check, if anybody (a torn tail may then be a write in
+    /// progress).
+    pub writer_active: Option<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentReport {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// Incomplete bytes at the end of the last segment: a crashed or in-progress append.
+    TornTail,
+    /// A bad frame or header anywhere else.
+    Damage,
+    /// Segments do not join up.
+    Chain,
+    /// A record is intact but its payload is not a valid event.
+    Payload,
+}
+
+/// The single writer of a log. Holds the lock until dropped.
+#[derive(Debug)]
+pub struct Writer {
+    log: Log,
+    _lock: Box<dyn LockGuard>,
+    file: Box<dyn FsFile>,
+    path: PathBuf,
+    segment_first_seq: u64,
+    /// End of the last complete batch: where the next batch goes.
+    end: u64,
+    next_seq: u64,
+    last_crc: u32,
+    last_record_at: Option<u64>,
+    poisoned: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Create a new segment starting at `first_seq` durably (wal-rules 8): tmp file, header,
+    /// fdatasync, rename, directory fsync.
+    fn create_segment(
+        log: Log,
+        lock: Box<dyn LockGuard>,
+        first_seq: u64,
+        prev_tail_crc: u32,
+    ) -> Result<Writer> {
+        let file = log.new_segment_file(first_seq, prev_tail_crc)?;
+        Ok(Writer {
+            path: log.segment_path(first_seq),
+            log,
+            _lock: lock,
+            file,
+            segment_first_seq: first_seq,
+            end: SEGMENT_HEADER_LEN as u64,
+            next_seq: first_seq,
+            last_crc: prev_tail_crc,
+            last_record_at: None,
+            poisoned: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Append one batch: every payload gets the next sequence number, the last closes the batch,
+    /// and the whole batch is made durable with one fdatasync before this returns (wal-rules 7).
+    /// Either all of it is acknowledged or none of it.
+    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<Appended> {
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        if payloads.is_empty() {
+            return Err(LogError::EmptyBatch);
+        }
+        let max = self.log.inner.opts.max_record;
+        for (index, p) in payloads.iter().enumerate() {
+            if p.as_ref().len() > max as usize {
+                return Err(LogError::RecordTooLarge {
+                    index,
+                    len: p.as_ref().len(),
+                    max,
+                });
+            }
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let first_seq = self.next_seq;
+        let mut last_crc = self.last_crc;
+        let mut last_at = 0usize;
+        for (i, p) in payloads.iter().enumerate() {
+            last_at = buf.len();
+            last_crc = frame::encode_frame(
+                &mut buf,
+                first_seq + i as u64,
+                i + 1 == payloads.len(),
+                p.as_ref(),
+            );
+        }
+        let result = self.write_batch(&buf);
+        let batch_len = buf.len() as u64;
+        self.buf = buf;
+        result?;
+        let start = self.end;
+        self.end += batch_len;
+        self.next_seq = first_seq + payloads.len() as u64;
+        self.last_crc = last_crc;
+        self.last_record_at = Some(start + last_at as u64);
+        self.remember();
+        Ok(Appended {
+            first_seq,
+            last_seq: self.next_seq - 1,
+        })
+    }
+
+    fn write_batch(&mut self, buf: &[u8]) -> Result<()> {
+        let header = SEGMENT_HEADER_LEN as u64;
+        if self.end > header && self.end + buf.len() as u64 > self.log.inner.opts.segment_size {
+            self.rotate()?;
+        }
+        if let Err(e) = self.file.write_all_at(self.end, buf) {
+            // wal-rules 11: never leave a half-record where the next batch will go.
+            if let Err(t) = self.file.set_len(self.end) {
+                self.poisoned = Some(format!("a failed write could not be truncated away: {t}"));
+            }
+            return Err(LogError::io("write", &self.path, e));
+        }
+        if let Err(e) = self.file.sync_data() {
+            // wal-rules 10: a failed fsync cannot be retried.
+            self.poisoned = Some(format!("fdatasync failed: {e}"));
+            return Err(LogError::io("fdatasync", &self.path, e));
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let file = self
+            .log
+            .new_segment_file(self.next_seq, self.last_crc)
+            .inspect_err(|e| {
+                tracing::error!("could not start a new segment: {e}");
+            })?;
+        self.file = file;
+        self.segment_first_seq = self.next_seq;
+        self.path = self.log.segment_path(self.next_seq);
+        self.end = SEGMENT_HEADER_LEN as u64;
+        self.last_record_at = None;
+        Ok(())
+    }
+
+    fn remember(&self) {
+        *self
+            .log
+            .inner
+            .hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(TailHint {
+            segment_first_seq: self.segment_first_seq,
+            end: self.end,
+            next_seq: self.next_seq,
+            last_crc: self.last_crc,
+            last_record_at: self.last_record_at,
+        });
+    }
+}
+
+impl Log {
+    fn new_segment_file(&self, first_seq: u64, prev_tail_crc: u32) -> Result<Box<dyn FsFile>> {
+        let fs = &self.inner.fs;
+        let path = self.segment_path(first_seq);
+        let tmp = self
+            .inner
+            .dir
+            .join(format!("{}.tmp", segment_name(first_seq)));
+        if fs.exists(&tmp) {
+            fs.remove_file(&tmp)
+                .map_err(|e| LogError::io("remove", &tmp, e))?;
+        }
+        let mut f = fs
+            .create_new(&tmp)
+            .map_err(|e| LogError::io("create", &tmp, e))?;
+        let header = SegmentHeader {
+            first_seq,
+            prev_tail_crc,
+        }
+        .encode();
+        f.write_all_at(0, &header)
+            .map_err(|e| LogError::io("write", &tmp, e))?;
+        f.sync_data()
+            .map_err(|e| LogError::io("fdatasync", &tmp, e))?;
+        fs.rename(&tmp, &path)
+            .map_err(|e| LogError::io("rename", &tmp, e))?;
+        self.sync_dir()?;
+        Ok(f)
+    }
+}
+
+/// Reads records of complete batches, in order, from a starting sequence number; can be polled
+/// again to pick up what writers appended since (for `--follow`).
+#[derive(Debug)]
+pub struct Reader {
+    log: Log,
+    from_seq: u64,
+    pos: Option<ReadPos>,
+}
+
+#[derive(Debug)]
+struct ReadPos {
+    segment_first_seq: u64,
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+    offset: u64,
+    next_seq: u64,
+}
+
+/// What a poll found at the end of what it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Everything read ended on a batch boundary.
+    Clean,
+    /// Bytes follow the last complete batch of the last segment: a write in progress, or a torn
+    /// tail that the next writer will cut.
+    Pending {
+        segment: PathBuf,
+        offset: u64,
+        bytes: u64,
+    },
+}
+
+/// Error from a read: the log's, or the callback's.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    Log(LogError),
+    Callback(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ReadError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Log(e) => e.fmt(f),
+            ReadError::Callback(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E> From<LogError> for ReadError<E> {
+    fn from(e: LogError) -> Self {
+        ReadError::Log(e)
+    }
+}
+
+impl Reader {
+    /// The sequence number the next delivered record will have.
+    pub fn next_seq(&self) -> u64 {
+        self.pos
+            .as_ref()
+            .map_or(self.from_seq, |p| p.next_seq.max(self.from_seq))
+    }
+
+    fn start(&mut self) -> Result<Option<ReadPos>> {
+        let segments = self.log.segments()?;
+        // The last segment starting at or before from_seq (or the first one).
+        let Some(&first) = segments
+            .iter()
+            .rev()
+            .find(|&&s| s <= self.from_seq)
+            .or(segments.first())
+        else {
+            return Ok(None);
+        };
+        self.open_segment(first).map(Some)
+    }
+
+    fn open_segment(&self, first: u64) -> Result<ReadPos> {
+        let path = self.log.segment_path(first);
+        let mut file = self
+            .log
+            .inner
+            .fs
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let hb = file
+            .read_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| LogError::io("read", &path, e))?;
+        let (h, hlen) = SegmentHeader::decode(&hb).map_err(|e| LogError::Corrupted {
+            segment: path.clone(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        if h.first_seq != first {
+            return Err(LogError::Corrupted {
+                segment: path,
+                offset: 16,
+                reason: format!(
+                    "segment header says first seq {}, its name says {first}",
+                    h.first_seq
+                ),
+            });
+        }
+        Ok(ReadPos {
+            segment_first_seq: first,
+            path,
+            file,
+            offset: hlen as u64,
+            next_seq: first,
+        })
+    }
+
+    /// Deliver every record of every complete batch available now (from the reader's position
+    /// on), then say how the log ended. Damage is an error naming segment and offset.
+    pub fn poll<E>(
+        &mut self,
+        mut on_record: impl FnMut(RecordRef<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<ReadEnd, ReadError<E>> {
+        const CHUNK: usize = 8 * 1024 * 1024;
+        if self.pos.is_none() {
+            match self.start()? {
+                Some(p) => self.pos = Some(p),
+                None => return Ok(ReadEnd::Clean),
+            }
+        }
+        let max = self.log.inner.opts.max_record;
+        let from = self.from_seq;
+        loop {
+            let pos = self.pos.as_mut().expect("set above");
+            let len = pos
+                .file
+                .len()
+                .map_err(|e| LogError::io("stat", &pos.path, e))?;
+            let mut want = CHUNK;
+            let mut ended = false;
+            loop {
+                let avail = len.saturating_sub(pos.offset);
+                if avail == 0 {
+                    ended = true;
+                    break;
+                }
+                let n = (avail as usize).min(want);
+                let buf = pos
+                    .file
+                    .read_range(pos.offset, n)
+                    .map_err(|e| LogError::io("read", &pos.path, e))?;
+                let base = pos.offset;
+                let mut cb_err = None;
+                let s = scan::scan(&buf, base, pos.next_seq, max, |r| {
+                    if r.seq >= from
+                        && let Err(e) = on_record(r)
+                    {
+                        cb_err = Some(e);
+                        return Err(());
+                    }
+                    Ok(())
+                });
+                if s.is_err() {
+                    return Err(ReadError::Callback(cb_err.expect("callback failed")));
+                }
+                let s = s.unwrap_or_else(|()| unreachable!());
+                pos.offset += s.clean_end as u64;
+                pos.next_seq = s.next_seq;
+                match s.tail {
+                    Tail::Clean if buf.len() == n && (n as u64) < avail => continue,
+                    Tail::Clean => {
+                        if pos.offset >= len {
+                            ended = true;
+                        }
+                        break;
+                    }
+                    Tail::Damaged { at, reason } => {
+                        return Err(ReadError::Log(LogError::Corrupted {
+                            segment: pos.path.clone(),
+                            offset: base + at as u64,
+                            reason,
+                        }));
+                    }
+                    Tail::Torn { .. } => {
+                        if (n as u64) < avail {
+                            // The chunk ended mid-batch: read a bigger one.
+                            want = want.saturating_mul(2).max(n + CHUNK);
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            // At the end of what this segment holds now: is there a next segment?
+            let segments = self.log.segments()?;
+            let cur = pos.segment_first_seq;
+            let next = segments.iter().copied().find(|&s| s > cur);
+            match next {
+                Some(n) => {
+                    if !ended || pos.offset < len {
+                        return Err(ReadError::Log(LogError::Corrupted {
+                            segment: pos.path.clone(),
+                            offset: pos.offset,
+                            reason: "incomplete or damaged records before the end of a segment that is not the last".into(),
+                        }));
+                    }
+                    if n != pos.next_seq {
+                        return Err(ReadError::Log(LogError::Corrupted {
+                            segment: self.log.segment_path(n),
+                            offset: 16,
+                            reason: format!(
+                                "segment starts at seq {n}, but the previous one ends before seq {}",
+                                pos.next_seq
+                            ),
+                        }));
+                    }
+                    let np = self.open_segment(n)?;
+                    self.pos = Some(np);
+                }
+                None => {
+                    return Ok(if pos.offset < len {
+                        ReadEnd::Pending {
+                            segment: pos.path.clone(),
+                            offset: pos.offset,
+                            bytes: len - pos.offset,
+                        }
+                    } else {
+                        ReadEnd::Clean
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A store: the `.zo/` directory, its log, and typed access to the events in it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::event::{self, Event, NewEvent, Payload, ProjectInitialized, codec};
+use crate::log::fs::{Fs, RealFs};
+use crate::log::{Appended, Log, LogOptions, ReadEnd, ReadError, Writer};
+
+/// Name of the store directory inside a project.
+pub const STORE_DIR: &str = ".zo";
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub log: LogOptions,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            log: LogOptions {
+                holder: holder_description(),
+                ..LogOptions::default()
+            },
+        }
+    }
+}
+
+impl StoreOptions {
+    pub fn with_lock_timeout(mut self, t: Duration) -> Self {
+        self.log.lock_timeout = t;
+        self
+    }
+}
+
+/// "pid 123 on host (zolog append)": what a waiting writer is told about the lock holder.
+pub fn holder_description() -> String {
+    let args: Vec<String> = std::env::args().take(3).collect();
+    let cmd = args
+        .iter()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map_or(a.as_str(), |n| n.to_str().unwrap_or(a))
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "pid {} on {} ({})",
+        std::process::id(),
+        event::hostname(),
+        if cmd.is_empty() { "zolog" } else { &cmd }
+    )
+}
+
+/// A zolog store: `root` is the `.zo` directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    log: Log,
+}
+
+impl Store {
+    /// Find the store for `start`: `start` itself if it is a store directory, `start/.zo`, or the
+    /// same in each parent directory (the way git finds its repository).
+    pub fn discover(start: &Path) -> Result<PathBuf> {
+        for dir in start.ancestors() {
+            if is_store(dir) {
+                return Ok(dir.to_path_buf());
+            }
+            let candidate = dir.join(STORE_DIR);
+            if is_store(&candidate) {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::NoStore {
+            start: start.to_path_buf(),
+        })
+    }
+
+    /// Resolve an explicit `--store PATH`: the `.zo` directory, or a project directory holding one.
+    pub fn resolve(path: &Path) -> PathBuf {
+        if is_store(path) || path.file_name().is_some_and(|n| n == STORE_DIR) {
+            path.to_path_buf()
+        } else {
+            path.join(STORE_DIR)
+        }
+    }
+
+    /// Open an existing store.
+    pub fn open(root: &Path, opts: StoreOptions) -> Result<Store> {
+        if !is_store(root) {
+            return Err(Error::NoStore {
+                start: root.to_path_buf(),
+            });
+        }
+        Self::open_with(Arc::new(RealFs), root, opts)
+    }
+
+    /// Open a store over any file system (the fault-injecting one in tests).
+    pub fn open_with(fs: Arc<dyn Fs>, root: &Path, opts: StoreOptions) -> Result<Store> {
+        let log = Log::open(fs, root.join("log"), opts.log)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            log,
+        })
+    }
+
+    /// Create a store at `root` (a `.zo` directory) and append `ProjectInitialized`.
+    pub fn init(root: &Path, project: &str, opts: StoreOptions) -> Result<Store> {
+        Self::init_with(Arc::new(RealFs), root, project, opts)
+    }
+
+    pub fn init_with(
+        fs: Arc<dyn Fs>,
+        root: &Path,
+        project: &str,
+        opts: StoreOptions,
+    ) -> Result<Store> {
+        let store = Self::open_with(fs, root, opts)?;
+        let mut w = store.log.writer()?;
+        if w.next_seq() > 1 {
+            return Err(Error::AlreadyInitialized(root.to_path_buf()));
+        }
+        let ev = NewEvent::now(
+            event::json::cli_source(),
+            Payload::ProjectInitialized(ProjectInitialized {
+                project: project.to_owned(),
+            }),
+        );
+        w.append(&[codec::encode(&ev)])?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The project directory (the parent of `.zo`), which `artifacts_dir` paths are relative to.
+    pub fn project_dir(&self) -> &Path {
+        self.root.parent().unwrap_or(Path::new("."))
+    }
+
+    pub fn experiments_dir(&self) -> PathBuf {
+        self.root.join("experiments")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Take the writer lock (recovering a torn tail) for appending several batches.
+    pub fn writer(&self) -> Result<Writer> {
+        Ok(self.log.writer()?)
+    }
+
+    /// Append events as one durable, atomic batch.
+    pub fn append(&self, events: &[NewEvent]) -> Result<Appended> {
+        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
+        let mut w = self.log.writer()?;
+        Ok(w.append(&payloads)?)
+    }
+
+    /// Call `f` with every event from `from_seq` on, in order. Returns how the log ended.
+    pub fn read(&self, from_seq: u64, mut f: impl FnMut(Event) -> Result<()>) -> Result<ReadEnd> {
+        let mut reader = self.log.reader(from_seq);
+        read_with(&mut reader, &mut f)
+    }
+
+    /// All events from `from_seq` on.
+    pub fn events(&self, from_seq: u64) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        self.read(from_seq, |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Drive a log reader, decoding each record into an event.
+pub fn read_with(
+    reader: &mut crate::log::Reader,
+    f: &mut dyn FnMut(Event) -> Result<()>,
+) -> Result<ReadEnd> {
+    match reader.poll(|r| {
+        let ev = codec::decode(r.seq, r.payload)
+            .map_err(|source| Error::Codec { seq: r.seq, source })?;
+        f(ev)
+    }) {
+        Ok(end) => Ok(end),
+        Err(ReadError::Log(e)) => Err(e.into()),
+        Err(ReadError::Callback(e)) => Err(e),
+    }
+}
+
+fn is_store(dir: &Path) -> bool {
+    dir.join("log").is_dir()
+}
