@@ -8,6 +8,7 @@ pub mod cli;
 pub mod error;
 pub mod event;
 pub mod log;
+pub mod project;
 pub mod store;
 
 pub use error::{Error, Result};

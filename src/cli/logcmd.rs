@@ -40,7 +40,8 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
             .to_owned()
     });
     std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
-    Store::init(&root, &project, ctx.opts.clone())?;
+    let store = Store::init(&root, &project, ctx.opts.clone())?;
+    crate::project::refresh(&store)?;
     let mut stdout = io::stdout().lock();
     out(
         &mut stdout,
@@ -236,6 +237,9 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
             first_seq = Some(r.first_seq);
             last_seq = Some(r.last_seq);
         }
+    }
+    if appended > 0 {
+        crate::project::refresh(&store)?;
     }
     let mut stdout = io::stdout().lock();
     if a.json {
