@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod log;
 pub mod project;
+pub mod schema;
 pub mod store;
 
 pub use error::{Error, Result};

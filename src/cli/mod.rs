@@ -2,6 +2,7 @@
 //! the argument structs; each command group has its own file.
 
 mod logcmd;
+mod schemacmd;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub enum Command {
     Verify(logcmd::VerifyArgs),
     /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
     Recover(logcmd::RecoverArgs),
+    /// Write the JSON Schemas of the events (generated from the Rust types).
+    Schema(schemacmd::SchemaArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -111,6 +114,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Log(a) => logcmd::log(ctx, a),
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
+        Command::Schema(a) => schemacmd::schema(a),
     }
 }
 
