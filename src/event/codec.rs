@@ -94,13 +94,20 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
             rest.len() - used
         )));
     }
-    Ok(Event {
+    let event = Event {
         seq,
         time,
         appended,
         source,
         payload,
-    })
+    };
+    // bincode's varint decoder also accepts non-minimal integers (e.g. `251 0 0` for 0). zolog
+    // only writes the canonical form, so anything else is damage, and refusing it keeps the
+    // decoder one-to-one: whatever it accepts re-encodes to the same bytes.
+    if encode_event(&event) != bytes {
+        return Err(CodecError("non-canonical encoding".into()));
+    }
+    Ok(event)
 }
 
 // Hand-written encodings for the types whose in-memory form is not their wire form.
@@ -215,6 +222,21 @@ mod tests {
                 .0
                 .contains("invalid experiment id")
         );
+    }
+
+    #[test]
+    fn non_canonical_varints_are_refused() {
+        // Regression: cargo fuzz (segment_decode) found `251 0 0` (a u16 zero) accepted where the
+        // canonical encoding is the single byte 0, so the payload re-encoded differently.
+        let mut ev = sample();
+        ev.time = Timestamp(0);
+        let bytes = encode(&ev);
+        assert_eq!(bytes[1], 0, "time 0 is the one-byte varint 0");
+        assert!(decode(1, &bytes).is_ok());
+        let mut long = vec![bytes[0], 251, 0, 0];
+        long.extend_from_slice(&bytes[2..]);
+        let err = decode(1, &long).unwrap_err();
+        assert!(err.0.contains("non-canonical"), "{err}");
     }
 
     #[test]
