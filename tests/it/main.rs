@@ -1,2 +1,3 @@
 //! One integration-test binary (see ARCHITECTURE.md).
+mod doc_commands;
 mod schemas;
