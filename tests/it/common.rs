@@ -252,7 +252,8 @@ pub fn put_file(fs: &FaultFs, path: &Path, bytes: &[u8]) {
     let mut f = fs.create_new(path).expect("create");
     f.write_all_at(0, bytes).expect("write");
     f.sync_data().expect("sync");
-    fs.sync_dir(path.parent().expect("parent")).expect("sync dir");
+    fs.sync_dir(path.parent().expect("parent"))
+        .expect("sync dir");
 }
 
 /// Names of the files in a fault fs directory ending with `suffix`.

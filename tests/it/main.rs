@@ -1,4 +1,7 @@
 //! One integration-test binary (see ARCHITECTURE.md).
 
+mod bitflips;
 mod common;
+mod log_faults;
 mod roundtrip;
+mod torn_tail;

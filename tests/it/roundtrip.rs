@@ -10,9 +10,9 @@ use zolog::event::json::{parse_input_line, to_line};
 use zolog::event::{
     AlertRaised, CheckerConfigured, CheckpointReason, CheckpointSaved, EpochEnded, Event, ExpId,
     ExperimentMinted, ExperimentStatus, ExperimentStatusChanged, IngestAdvanced, Json, Metrics,
-    NextIdea, NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload,
-    PrimaryMetric, ProjectInitialized, ResultRecorded, RunKilled, Severity, Source, SourceKind,
-    Timestamp, TrainingEnded, TrainingStarted,
+    NextIdea, NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload, PrimaryMetric,
+    ProjectInitialized, ResultRecorded, RunKilled, Severity, Source, SourceKind, Timestamp,
+    TrainingEnded, TrainingStarted,
 };
 use zolog::store::{Store, StoreOptions};
 
@@ -252,7 +252,13 @@ fn payload(any_nan: bool) -> BoxedStrategy<Payload> {
             (opt(any::<u32>()), opt(any::<u64>()))
         )
             .prop_map(
-                |((experiment_id, epoch, path), reason, metrics, (size, hash, keys), (fold, trial))| {
+                |(
+                    (experiment_id, epoch, path),
+                    reason,
+                    metrics,
+                    (size, hash, keys),
+                    (fold, trial),
+                )| {
                     Payload::CheckpointSaved(CheckpointSaved {
                         experiment_id,
                         epoch,
@@ -325,15 +331,8 @@ fn payload(any_nan: bool) -> BoxedStrategy<Payload> {
                     })
                 }
             ),
-        (
-            exp_id(),
-            opt(any::<u32>()),
-            seqs(),
-            text(),
-            text(),
-            text()
-        )
-            .prop_map(|(experiment_id, pid, alert_seqs, signal, by, reason)| {
+        (exp_id(), opt(any::<u32>()), seqs(), text(), text(), text()).prop_map(
+            |(experiment_id, pid, alert_seqs, signal, by, reason)| {
                 Payload::RunKilled(RunKilled {
                     experiment_id,
                     pid,
@@ -342,7 +341,8 @@ fn payload(any_nan: bool) -> BoxedStrategy<Payload> {
                     by,
                     reason,
                 })
-            }),
+            }
+        ),
         (
             exp_id(),
             text(),
@@ -459,7 +459,8 @@ fn every_kind_round_trips_through_codec_and_json() {
 /// taken for an envelope and refused).
 #[test]
 fn bare_payload_mentioning_payload_is_accepted() {
-    let line = r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"mechanism","text":"payload"}"#;
+    let line =
+        r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"mechanism","text":"payload"}"#;
     let ev = parse_input_line(line).expect("accepted");
     assert_eq!(ev.payload.kind(), "NoteAdded");
 }
@@ -520,12 +521,23 @@ fn cli_log_piped_into_append_reproduces_identical_payloads() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(epoch.metrics.get("val_loss").unwrap().to_bits(), f64::NAN.to_bits());
+    assert_eq!(
+        epoch.metrics.get("val_loss").unwrap().to_bits(),
+        f64::NAN.to_bits()
+    );
     assert_eq!(epoch.metrics.get("grad_norm"), Some(f64::INFINITY));
     assert_eq!(epoch.metrics.get("val_acc"), Some(f64::NEG_INFINITY));
-    assert_eq!(epoch.metrics.get("zero").unwrap().to_bits(), (-0.0f64).to_bits());
+    assert_eq!(
+        epoch.metrics.get("zero").unwrap().to_bits(),
+        (-0.0f64).to_bits()
+    );
     // And the output of B's log equals A's, line for line, apart from seq and appended.
-    let out_b = zolog(&b).arg("log").arg("--since").arg("2").output().unwrap();
+    let out_b = zolog(&b)
+        .arg("log")
+        .arg("--since")
+        .arg("2")
+        .output()
+        .unwrap();
     let strip = |s: &[u8]| -> Vec<Value> {
         String::from_utf8_lossy(s)
             .lines()
