@@ -148,7 +148,20 @@ impl Fs for RealFs {
         Ok(names)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        let f = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            // A store we may only read (a read-only mount, another user's files): readers and
+            // `verify` still work; a writer fails on its first write.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                OpenOptions::new().read(true).open(path)?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Box::new(RealFile(f)))
     }
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
