@@ -367,24 +367,25 @@ pub fn parse_input_line(line: &str) -> Result<InputEvent, LineError> {
             message: "empty line".into(),
         });
     }
-    let is_envelope = text.contains("\"payload\"");
+    // `"payload"` may also be the text of some field of a bare payload: an envelope is only tried
+    // first, never assumed.
+    let maybe_envelope = text.contains("\"payload\"");
     // Fast path: typed parse, no path tracking.
-    if is_envelope {
-        if let Ok(e) = serde_json::from_str::<EnvelopeIn>(text) {
-            return Ok(InputEvent {
-                time: e.time,
-                source: e.source,
-                payload: e.payload,
-            });
-        }
-    } else if let Ok(p) = serde_json::from_str::<Payload>(text) {
+    if maybe_envelope && let Ok(e) = serde_json::from_str::<EnvelopeIn>(text) {
+        return Ok(InputEvent {
+            time: e.time,
+            source: e.source,
+            payload: e.payload,
+        });
+    }
+    if let Ok(p) = serde_json::from_str::<Payload>(text) {
         return Ok(InputEvent {
             time: None,
             source: None,
             payload: p,
         });
     }
-    Err(explain(text, is_envelope))
+    Err(explain(text, maybe_envelope))
 }
 
 /// Say precisely why `text` is not an event: the JSON syntax error with its column, or the field

@@ -28,8 +28,11 @@ pub trait FsFile: Send + fmt::Debug {
     /// `fdatasync`: data and size durable.
     fn sync_data(&mut self) -> io::Result<()>;
 
-    /// Read `len` bytes from `offset` (fewer only at end of file).
+    /// Read `len` bytes from `offset` (fewer only at end of file). Never allocates more than the
+    /// file holds, whatever `len` says (`usize::MAX` reads to the end).
     fn read_range(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let avail = self.len()?.saturating_sub(offset);
+        let len = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -145,7 +148,20 @@ impl Fs for RealFs {
         Ok(names)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        let f = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            // A store we may only read (a read-only mount, another user's files): readers and
+            // `verify` still work; a writer fails on its first write.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                OpenOptions::new().read(true).open(path)?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Box::new(RealFile(f)))
     }
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
@@ -269,9 +285,30 @@ pub struct Faults {
 struct MemFile {
     live: Vec<u8>,
     durable: Vec<u8>,
-    /// Bytes whose writeback failed: the kernel marked their pages clean, so a later sync that
-    /// "succeeds" leaves zeros there in the durable image.
-    lost: Option<(usize, usize)>,
+    /// Byte ranges whose writeback failed: the kernel marked their pages clean, so a later sync
+    /// that "succeeds" does not write them and the durable image keeps zeros there. Writing those
+    /// bytes again (or truncating them away) makes them ordinary dirty bytes again.
+    lost: Vec<(usize, usize)>,
+}
+
+impl MemFile {
+    /// Bytes `from..to` were written again (or no longer exist): they are ordinary dirty bytes.
+    fn forget_lost(&mut self, from: usize, to: usize) {
+        let mut kept = Vec::with_capacity(self.lost.len() + 1);
+        for &(a, b) in &self.lost {
+            if b <= from || a >= to {
+                kept.push((a, b));
+                continue;
+            }
+            if a < from {
+                kept.push((a, from));
+            }
+            if b > to {
+                kept.push((to, b));
+            }
+        }
+        self.lost = kept;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -365,7 +402,7 @@ impl FaultFs {
             }
             f.live = image.clone();
             f.durable = image;
-            f.lost = None;
+            f.lost.clear();
         }
         st.locks.clear();
         st.faults = Faults::default();
@@ -389,7 +426,33 @@ impl FaultFs {
         }
     }
 
-    fn used_bytes(st: &MemState) -> u64 {
+    /// Bit rot: XOR one byte of a file's live and durable bytes with `mask`, in place. Returns
+    /// false when there is no such file or byte.
+    pub fn xor_byte(&self, path: &Path, offset: u64, mask: u8) -> bool {
+        let mut st = self.st();
+        let Some(&ino) = st.live_names.get(path) else {
+            return false;
+        };
+        let Some(f) = st.files.get_mut(&ino) else {
+            return false;
+        };
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut hit = false;
+        for bytes in [&mut f.live, &mut f.durable] {
+            if let Some(b) = bytes.get_mut(at) {
+                *b ^= mask;
+                hit = true;
+            }
+        }
+        hit
+    }
+
+    /// Bytes the files hold now (what [`Faults::capacity`] is compared with).
+    pub fn used_bytes(&self) -> u64 {
+        Self::used_in(&self.st())
+    }
+
+    fn used_in(st: &MemState) -> u64 {
         st.files.values().map(|f| f.live.len() as u64).sum()
     }
 }
@@ -417,7 +480,7 @@ impl FsFile for FaultFile {
     }
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut st = self.fs.st();
-        let used = FaultFs::used_bytes(&st);
+        let used = FaultFs::used_in(&st);
         let mut allowed = data.len();
         let mut error = None;
         if let Some(n) = st.faults.fail_next_write_after.take() {
@@ -430,7 +493,7 @@ impl FsFile for FaultFile {
             let growth = end.saturating_sub(f.live.len() as u64);
             let free = cap.saturating_sub(used);
             if growth > free {
-                let fits = (data.len() as u64 - (growth - free)) as usize;
+                let fits = (data.len() as u64).saturating_sub(growth - free) as usize;
                 allowed = allowed.min(fits);
                 error = Some(io::Error::new(
                     io::ErrorKind::StorageFull,
@@ -451,6 +514,9 @@ impl FsFile for FaultFile {
             f.live.resize(end, 0);
         }
         f.live[off..end].copy_from_slice(&data[..allowed]);
+        if allowed > 0 {
+            f.forget_lost(off, end);
+        }
         match error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -470,6 +536,7 @@ impl FsFile for FaultFile {
             .get_mut(&self.inode)
             .ok_or_else(|| eio("file gone"))?;
         f.live.resize(len as usize, 0);
+        f.forget_lost(len as usize, usize::MAX);
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
@@ -479,7 +546,10 @@ impl FsFile for FaultFile {
             // As after fsyncgate: the dirty pages are marked clean though they never reached the
             // disk. Reads still see them; a later sync will not write them.
             if let Some(f) = st.files.get_mut(&self.inode) {
-                f.lost = Some((f.durable.len(), f.live.len()));
+                let (from, to) = (f.durable.len(), f.live.len());
+                if from < to {
+                    f.lost.push((from, to));
+                }
             }
             return Err(eio("fdatasync failed"));
         }
@@ -489,7 +559,7 @@ impl FsFile for FaultFile {
             .get_mut(&self.inode)
             .ok_or_else(|| eio("file gone"))?;
         f.durable = f.live.clone();
-        if let Some((from, to)) = f.lost.take() {
+        for &(from, to) in &f.lost {
             let to = to.min(f.durable.len());
             if from < to {
                 f.durable[from..to].fill(0);

@@ -423,20 +423,32 @@ impl Log {
                 .map_err(|e| LogError::io("remove", &p, e))?;
             removed = true;
         }
-        if removed {
-            self.sync_dir()?;
-        }
         let segments = self.segments()?;
         let Some(&last) = segments.last() else {
+            if removed {
+                self.sync_dir()?;
+            }
             let w = Writer::create_segment(self.clone(), lock, 1, 0)?;
+            // A new log: make the log directory's own entry durable too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)
+                    .map_err(|e| LogError::io("fsync directory", parent, e))?;
+            }
             return Ok((w, None));
         };
+        let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
+        // The last segment's directory entry may never have been made durable (its creator died
+        // before the directory fsync, or that fsync failed): make it so before anything more is
+        // acknowledged in it (wal-rules 8). Not needed when a writer of this process appended to
+        // it, which it only does after its own directory fsync succeeded.
+        if removed || hint.is_none_or(|h| h.segment_first_seq != last) {
+            self.sync_dir()?;
+        }
         let path = self.segment_path(last);
         let mut file = fs.open(&path).map_err(|e| LogError::io("open", &path, e))?;
         let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
 
         // Trust the hint only if the record it names is still there, unchanged.
-        let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hint
             && h.segment_first_seq == last
             && len >= h.end
@@ -871,18 +883,38 @@ impl Writer {
         if let Err(e) = self.file.sync_data() {
             // wal-rules 10: a failed fsync cannot be retried.
             self.poisoned = Some(format!("fdatasync failed: {e}"));
+            // The batch is not acknowledged, and the kernel may have dropped its pages while
+            // marking them clean: take it out of the file now, so that no later writer reads it
+            // as committed and acknowledges records after what may become a hole of zeros on disk
+            // (fsyncgate). The next writer's fdatasync makes the shorter size durable.
+            if let Err(t) = self.file.set_len(self.end) {
+                tracing::error!(
+                    "could not truncate the batch whose fdatasync failed from {}: {t}",
+                    self.path.display()
+                );
+            }
             return Err(LogError::io("fdatasync", &self.path, e));
         }
         Ok(())
     }
 
     fn rotate(&mut self) -> Result<()> {
-        let file = self
-            .log
-            .new_segment_file(self.next_seq, self.last_crc)
-            .inspect_err(|e| {
+        let file = match self.log.new_segment_file(self.next_seq, self.last_crc) {
+            Ok(f) => f,
+            Err(e) => {
                 tracing::error!("could not start a new segment: {e}");
-            })?;
+                // A failed fsync of the new segment or of the directory cannot be retried either
+                // (wal-rules 10); a failed write or create can, since nothing was acknowledged.
+                if let LogError::Io {
+                    op: "fdatasync" | "fsync directory",
+                    ..
+                } = &e
+                {
+                    self.poisoned = Some(format!("starting a new segment failed: {e}"));
+                }
+                return Err(e);
+            }
+        };
         self.file = file;
         self.segment_first_seq = self.next_seq;
         self.path = self.log.segment_path(self.next_seq);

@@ -1,3 +1,12 @@
-//! One integration-test binary (see ARCHITECTURE.md).
+//! One integration-test binary (see ARCHITECTURE.md): every module below is a group of tests.
+
+mod bitflips;
+mod cli_append;
+mod common;
 mod doc_commands;
+mod fixture;
+mod kill9;
+mod log_faults;
+mod roundtrip;
 mod schemas;
+mod torn_tail;
