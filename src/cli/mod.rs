@@ -1,7 +1,9 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod exp;
 mod logcmd;
+mod projection;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -46,6 +48,14 @@ pub enum Command {
     Verify(logcmd::VerifyArgs),
     /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
     Recover(logcmd::RecoverArgs),
+    /// Experiments: mint, result, status, next, list, show.
+    Exp(exp::ExpArgs),
+    /// Add agent narrative to an experiment's diagnosis.md (and next.md).
+    Note(exp::NoteArgs),
+    /// Regenerate every projection file from the log alone.
+    Rebuild(projection::RebuildArgs),
+    /// Turn a Python-layer registry.json into events (idempotent).
+    Import(projection::ImportArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -111,6 +121,10 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Log(a) => logcmd::log(ctx, a),
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
+        Command::Exp(a) => exp::run(ctx, a),
+        Command::Note(a) => exp::note(ctx, a),
+        Command::Rebuild(a) => projection::rebuild(ctx, a),
+        Command::Import(a) => projection::import(ctx, a),
     }
 }
 
