@@ -1,6 +1,7 @@
 //! `zolog exp mint|result|status|next|list|show` and `zolog note`: argument structs that turn into
 //! calls of [`crate::exp`], and the printing of what a script can use.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -321,7 +322,7 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut text = String::new();
+    let mut text = String::with_capacity(128 * (state.experiments.len() + 1));
     if state.experiments.is_empty() {
         text.push_str("no experiments yet (mint one with `zolog exp mint`)\n");
     } else {
@@ -338,15 +339,16 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
             ),
             None => ("—".into(), "—".into()),
         };
-        text.push_str(&format!(
-            "{:<9} {:<9} {:<9} {:<24} {:<12} {}\n",
+        let _ = writeln!(
+            text,
+            "{:<9} {:<9} {:<9} {:<24} {:<12} {}",
             e.id.as_str(),
             e.parent_id.as_ref().map_or("—", |p| p.as_str()),
             e.status.as_str(),
             metric,
             delta,
             cell(&e.hypothesis)
-        ));
+        );
     }
     print(format_args!("{text}"))?;
     Ok(ExitCode::SUCCESS)
@@ -402,12 +404,12 @@ fn show(ctx: &Ctx, a: ShowArgs) -> Result<ExitCode> {
             experiment: ExperimentOut::new(e),
             lineage,
             status_reason: &e.status_reason,
-            epochs: e.run.epochs,
-            last_epoch: e.run.last_epoch,
-            metrics: e.run.metrics.iter().map(MetricOut::new).collect(),
-            checkpoints: e.run.checkpoints.count,
-            alerts: e.alerts.iter().map(|x| x.count).sum(),
-            killed: e.kill.is_some(),
+            epochs: e.details().run.epochs,
+            last_epoch: e.details().run.last_epoch,
+            metrics: e.details().run.metrics.iter().map(MetricOut::new).collect(),
+            checkpoints: e.details().run.checkpoints.count,
+            alerts: e.details().alerts.iter().map(|x| x.count).sum(),
+            killed: e.details().kill.is_some(),
         })?;
         return Ok(ExitCode::SUCCESS);
     }

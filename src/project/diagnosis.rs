@@ -102,7 +102,8 @@ fn metric_line(m: &MetricAgg) -> String {
 }
 
 fn what_happened(out: &mut String, e: &Experiment) {
-    let run = &e.run;
+    let d = e.details();
+    let run = &d.run;
     let mut status = format!("- Status: {}", e.status.as_str());
     if !e.status_reason.trim().is_empty() {
         write!(status, " ({})", collapse_ws(&e.status_reason)).unwrap();
@@ -150,7 +151,7 @@ fn what_happened(out: &mut String, e: &Experiment) {
     }
 
     // The run's outcome.
-    if let Some(k) = &e.kill {
+    if let Some(k) = &d.kill {
         let mut s = format!(
             "- Outcome: killed by {} with {} at {}",
             k.by,
@@ -249,7 +250,7 @@ fn what_happened(out: &mut String, e: &Experiment) {
             out.push('\n');
         }
     }
-    for n in &e.notes_what_happened {
+    for n in &d.notes_what_happened {
         note_block(out, n);
     }
 }
@@ -278,11 +279,12 @@ fn alert_line(a: &AlertAgg) -> String {
 }
 
 fn mechanism(out: &mut String, e: &Experiment) {
+    let d = e.details();
     let start = out.len();
-    for a in &e.alerts {
+    for a in &d.alerts {
         out.push_str(&alert_line(a));
     }
-    for n in &e.notes_mechanism {
+    for n in &d.notes_mechanism {
         note_block(out, n);
     }
     if out.len() == start {
@@ -299,7 +301,7 @@ fn mechanism(out: &mut String, e: &Experiment) {
 fn checker_advice(e: &Experiment) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for a in &e.alerts {
+    for a in &e.details().alerts {
         let act = collapse_ws(&a.recommended_action);
         if act.is_empty() || seen.contains(&act) {
             continue;
@@ -323,7 +325,7 @@ fn recommended(out: &mut String, e: &Experiment) {
     for i in &e.next_ideas {
         bullet(out, &super::state::idea_string(i));
     }
-    for n in &e.notes_next {
+    for n in &e.details().notes_next {
         bullet(out, n);
     }
     for a in checker_advice(e) {
@@ -336,7 +338,7 @@ fn recommended(out: &mut String, e: &Experiment) {
 
 /// The bytes of diagnosis.md.
 pub fn render_diagnosis(e: &Experiment) -> String {
-    let name = e.run.name.as_deref().unwrap_or("unnamed model");
+    let name = e.details().run.name.as_deref().unwrap_or("unnamed model");
     let mut out = format!("# Diagnosis: {} ({})\n\n## What happened\n", name, e.id);
     what_happened(&mut out, e);
     out.push_str("\n## Mechanism\n");
@@ -369,19 +371,20 @@ pub fn render_next(e: &Experiment) -> String {
             bullet(&mut out, d);
         }
     }
-    if !e.notes_next.is_empty() {
+    let d = e.details();
+    if !d.notes_next.is_empty() {
         out.push_str("\n## Notes\n");
-        for n in &e.notes_next {
+        for n in &d.notes_next {
             bullet(&mut out, n);
         }
     }
     let advice = checker_advice(e);
-    if !advice.is_empty() || e.kill.is_some() {
+    if !advice.is_empty() || d.kill.is_some() {
         out.push_str("\n## From the checker\n");
         for a in advice {
             bullet(&mut out, &a);
         }
-        if let Some(k) = &e.kill {
+        if let Some(k) = &d.kill {
             bullet(
                 &mut out,
                 &format!(

@@ -17,12 +17,15 @@ mod wire;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::mpsc;
 
 use self::checkpoint::{Covers, Loaded};
 use self::files::Job;
 pub use self::state::{Experiment, State, apply};
 use crate::error::{Error, Result};
-use crate::store::{self, Store};
+use crate::event::codec;
+use crate::log::{ReadError, Reader};
+use crate::store::Store;
 
 /// Name of the lock that serialises writers of projections (under `.zo/state/`).
 pub const LOCK_FILE: &str = "projections.lock";
@@ -55,13 +58,14 @@ struct Folded {
 
 /// Fold the log: from the checkpoint when `use_checkpoint` and it checks out, else from seq 1.
 fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
+    let started = std::time::Instant::now();
     let log = store.log();
     let loaded = if use_checkpoint {
         checkpoint::load(&store.state_dir(), log)?
     } else {
         Loaded::Missing
     };
-    let (mut state, mut reader, mut covers, how) = match loaded {
+    let (mut state, reader, mut covers, how) = match loaded {
         Loaded::Valid {
             state,
             covers,
@@ -92,13 +96,23 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
             )
         }
     };
+    tracing::debug!(checkpoint = %how, elapsed = ?started.elapsed(), "projection state loaded");
     let from_seq = state.seq + 1;
     let mut events = 0u64;
-    store::read_with(&mut reader, &mut |ev| {
-        apply(&mut state, &ev);
+    let reader = fold_records(reader, |seq, payload| {
+        match codec::decode_epoch_view(payload) {
+            Ok(Some((time, view))) => state::apply_epoch(&mut state, seq, time, &view),
+            Ok(None) => {
+                let ev =
+                    codec::decode(seq, payload).map_err(|source| Error::Codec { seq, source })?;
+                apply(&mut state, &ev);
+            }
+            Err(source) => return Err(Error::Codec { seq, source }),
+        }
         events += 1;
         Ok(())
     })?;
+    tracing::debug!(events, elapsed = ?started.elapsed(), "log folded");
     let reused = covers.is_some();
     if events > 0 || covers.is_none() {
         covers = match reader.last_delivered() {
@@ -134,6 +148,75 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
         state,
         covers,
         report,
+    })
+}
+
+/// Records copied out of the log by the reading thread, handed to the folding thread.
+#[derive(Default)]
+struct Chunk {
+    seqs: Vec<u64>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Call `f` with every record from the reader's position to the end of the log, in order, and
+/// return the reader (which knows the last record delivered). Two stages on two threads: one
+/// reads and CRC-checks the log, the other (this one) decodes and folds.
+fn fold_records(reader: Reader, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<Reader> {
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
+    let (back_tx, back_rx) = mpsc::channel::<Chunk>();
+    std::thread::scope(|s| {
+        let reading = s.spawn(move || {
+            let mut reader = reader;
+            let mut chunk = Chunk::default();
+            let end = reader.poll(|r| -> std::result::Result<(), ()> {
+                chunk.seqs.push(r.seq);
+                chunk.bytes.extend_from_slice(r.payload);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.bytes.len() >= CHUNK_BYTES {
+                    let mut next = back_rx.try_recv().unwrap_or_default();
+                    next.seqs.clear();
+                    next.ends.clear();
+                    next.bytes.clear();
+                    tx.send(std::mem::replace(&mut chunk, next))
+                        .map_err(|_| ())?;
+                }
+                Ok(())
+            });
+            if end.is_ok() && !chunk.seqs.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            (reader, end)
+        });
+        let mut failed = None;
+        for chunk in rx.iter() {
+            let mut start = 0;
+            for (&seq, &end) in chunk.seqs.iter().zip(&chunk.ends) {
+                if let Err(e) = f(seq, &chunk.bytes[start..end]) {
+                    failed = Some(e);
+                    break;
+                }
+                start = end;
+            }
+            if failed.is_some() {
+                break;
+            }
+            let _ = back_tx.send(chunk);
+        }
+        drop(rx);
+        let (reader, end) = reading.join().expect("the log reading thread panicked");
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match end {
+            Ok(_) => Ok(reader),
+            Err(ReadError::Log(e)) => Err(e.into()),
+            Err(ReadError::Callback(())) => Err(Error::Invalid(
+                "the folding thread stopped reading the log".into(),
+            )),
+        }
     })
 }
 
@@ -187,6 +270,7 @@ const CHUNK: usize = 2048;
 
 /// Write what changed, then save the checkpoint.
 fn write(store: &Store, folded: Folded) -> Result<Report> {
+    let started = std::time::Instant::now();
     let Folded {
         mut state,
         covers,
@@ -238,9 +322,16 @@ fn write(store: &Store, folded: Folded) -> Result<Report> {
         report.files_unchanged += w.unchanged;
     }
     files::sync_dirs(new_dirs.into_iter().collect::<Vec<PathBuf>>())?;
+    tracing::debug!(
+        written = report.files_written,
+        unchanged = report.files_unchanged,
+        elapsed = ?started.elapsed(),
+        "projection files written"
+    );
     state.clear_dirty();
     if changed && let Some(c) = covers {
         checkpoint::save(&store.state_dir(), &state, &c)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
     }
     Ok(report)
 }

@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::event::codec::EpochView;
 use crate::event::{
-    AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, Event, ExpId, ExperimentMinted,
+    AlertRaised, CheckpointReason, CheckpointSaved, Event, ExpId, ExperimentMinted,
     ExperimentStatus, Metrics, NextIdea, NoteSection, OracleTier, Payload, ResultRecorded,
     Severity, Timestamp, TrainingEnded, TrainingStarted,
 };
@@ -26,7 +27,10 @@ pub struct State {
     pub experiments: Vec<Experiment>,
     /// Events that name an experiment never minted (or mint one twice): not folded.
     pub ignored: u64,
-    pub(crate) index: HashMap<ExpId, usize>,
+    /// Experiment id → position in `experiments`.
+    pub(crate) index: HashMap<String, usize>,
+    /// Position of the experiment the last event named: samples come in runs.
+    pub(crate) hot: Option<usize>,
     /// What changed since the state was loaded (not persisted).
     pub(crate) dirty: Dirty,
 }
@@ -38,6 +42,8 @@ pub(crate) struct Dirty {
     pub registry: bool,
     /// Experiments (by index) whose own files may have changed.
     pub experiments: BTreeSet<usize>,
+    /// The last one inserted (most events repeat it).
+    pub last: Option<usize>,
 }
 
 /// One experiment: its registry entry and what its run did.
@@ -56,6 +62,18 @@ pub struct Experiment {
     pub status_time: Option<Timestamp>,
     pub result: Option<ResultState>,
     pub next_ideas: Vec<NextIdea>,
+    /// Sticky: diagnosis.md exists once anything happened to the experiment after its mint.
+    pub has_diagnosis: bool,
+    /// Sticky: next.md exists once the experiment had ideas, next notes or checker advice.
+    pub has_next: bool,
+    /// Everything else: decoded from the checkpoint only when needed.
+    pub(crate) detail: Detail,
+}
+
+/// What an experiment's run did and what agents and the checker said about it: everything but
+/// its registry entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Details {
     pub notes_what_happened: Vec<String>,
     pub notes_mechanism: Vec<String>,
     pub notes_next: Vec<String>,
@@ -63,10 +81,55 @@ pub struct Experiment {
     /// One aggregate per alert rule, in the order rules first fired.
     pub alerts: Vec<AlertAgg>,
     pub kill: Option<Kill>,
-    /// Sticky: diagnosis.md exists once anything happened to the experiment after its mint.
-    pub has_diagnosis: bool,
-    /// Sticky: next.md exists once the experiment had ideas, next notes or checker advice.
-    pub has_next: bool,
+}
+
+/// [`Details`], kept as the checkpoint's bytes until something reads or changes them: listing
+/// 10,000 experiments, or folding one sample into one of them, decodes only what it touches, and
+/// saving writes untouched details back as they were.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Detail {
+    raw: Vec<u8>,
+    cell: std::cell::OnceCell<Details>,
+}
+
+impl PartialEq for Detail {
+    fn eq(&self, other: &Detail) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Detail {
+    pub(crate) fn from_raw(raw: Vec<u8>) -> Detail {
+        Detail {
+            raw,
+            cell: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &Details {
+        self.cell.get_or_init(|| {
+            if self.raw.is_empty() {
+                return Details::default();
+            }
+            // The checkpoint's CRC and version were checked when it was loaded; bytes that still
+            // do not decode are a bug, not damage.
+            super::wire::decode_details(&self.raw).expect("checked checkpoint details decode")
+        })
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut Details {
+        self.get();
+        self.raw = Vec::new();
+        self.cell.get_mut().expect("initialised above")
+    }
+
+    /// The encoded details: the raw bytes if never decoded, else encoded afresh.
+    pub(crate) fn encoded(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.cell.get() {
+            None => std::borrow::Cow::Borrowed(&self.raw),
+            Some(d) => std::borrow::Cow::Owned(super::wire::encode_details(d)),
+        }
+    }
 }
 
 /// A recorded result, with `delta_vs_parent` as the registry shows it (computed when not given).
@@ -270,15 +333,19 @@ impl Experiment {
             status_time: None,
             result: None,
             next_ideas: Vec::new(),
-            notes_what_happened: Vec::new(),
-            notes_mechanism: Vec::new(),
-            notes_next: Vec::new(),
-            run: Run::default(),
-            alerts: Vec::new(),
-            kill: None,
             has_diagnosis: false,
             has_next: false,
+            detail: Detail::default(),
         }
+    }
+
+    /// Its run, notes, alerts and kill.
+    pub fn details(&self) -> &Details {
+        self.detail.get()
+    }
+
+    pub(crate) fn details_mut(&mut self) -> &mut Details {
+        self.detail.get_mut()
     }
 
     /// The registry's `next_ideas` strings: `label: idea`, or the idea alone.
@@ -301,11 +368,23 @@ impl State {
     }
 
     pub fn get(&self, id: &ExpId) -> Option<&Experiment> {
-        self.index.get(id).map(|&i| &self.experiments[i])
+        self.index.get(id.as_str()).map(|&i| &self.experiments[i])
     }
 
     pub fn position(&self, id: &ExpId) -> Option<usize> {
-        self.index.get(id).copied()
+        self.index.get(id.as_str()).copied()
+    }
+
+    /// Position of the experiment `id`, trying the last one looked up first.
+    fn find(&mut self, id: &str) -> Option<usize> {
+        if let Some(h) = self.hot
+            && self.experiments[h].id.as_str() == id
+        {
+            return Some(h);
+        }
+        let i = *self.index.get(id)?;
+        self.hot = Some(i);
+        Some(i)
     }
 
     /// The id the next mint gets: highest number + 1, zero-padded (`exp-001` first).
@@ -338,8 +417,9 @@ impl State {
             .experiments
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.id.clone(), i))
+            .map(|(i, e)| (e.id.as_str().to_owned(), i))
             .collect();
+        self.hot = None;
     }
 
     /// Forget what changed (after the files were written).
@@ -354,7 +434,10 @@ impl State {
     }
 
     fn touch(&mut self, i: usize) {
-        self.dirty.experiments.insert(i);
+        if self.dirty.last != Some(i) {
+            self.dirty.experiments.insert(i);
+            self.dirty.last = Some(i);
+        }
         self.experiments[i].has_diagnosis = true;
     }
 }
@@ -370,13 +453,13 @@ pub fn apply(state: &mut State, ev: &Event) {
         return;
     }
     if let Payload::ExperimentMinted(m) = p {
-        if state.index.contains_key(&m.experiment_id) {
+        if state.index.contains_key(m.experiment_id.as_str()) {
             state.ignored += 1;
             return;
         }
         let i = state.experiments.len();
         state.experiments.push(Experiment::minted(m, ev.time));
-        state.index.insert(m.experiment_id.clone(), i);
+        state.index.insert(m.experiment_id.as_str().to_owned(), i);
         state.dirty.registry = true;
         state.dirty.experiments.insert(i);
         return;
@@ -384,7 +467,7 @@ pub fn apply(state: &mut State, ev: &Event) {
     let Some(id) = p.experiment_id() else {
         return;
     };
-    let Some(&i) = state.index.get(id) else {
+    let Some(i) = state.find(id.as_str()) else {
         state.ignored += 1;
         return;
     };
@@ -403,7 +486,10 @@ pub fn apply(state: &mut State, ev: &Event) {
                 // The reference: value − parent's value, when the parent has a result on the
                 // same metric, as the state is at this point of the log.
                 let e = &state.experiments[i];
-                let parent = e.parent_id.as_ref().and_then(|p| state.index.get(p))?;
+                let parent = e
+                    .parent_id
+                    .as_ref()
+                    .and_then(|p| state.index.get(p.as_str()))?;
                 let pr = state.experiments[*parent].result.as_ref()?;
                 (pr.metric == r.primary_metric.name).then(|| r.primary_metric.value - pr.value)
             });
@@ -425,35 +511,46 @@ pub fn apply(state: &mut State, ev: &Event) {
         Payload::NoteAdded(n) => {
             let e = &mut state.experiments[i];
             match n.section {
-                NoteSection::WhatHappened => e.notes_what_happened.push(n.text.clone()),
-                NoteSection::Mechanism => e.notes_mechanism.push(n.text.clone()),
+                NoteSection::WhatHappened => {
+                    e.details_mut().notes_what_happened.push(n.text.clone())
+                }
+                NoteSection::Mechanism => e.details_mut().notes_mechanism.push(n.text.clone()),
                 NoteSection::Next => {
-                    e.notes_next.push(n.text.clone());
+                    e.details_mut().notes_next.push(n.text.clone());
                     e.has_next = true;
                 }
             }
             state.touch(i);
         }
         Payload::TrainingStarted(t) => {
-            training_started(&mut state.experiments[i].run, t, ev.time);
+            training_started(&mut state.experiments[i].details_mut().run, t, ev.time);
             state.touch(i);
         }
         Payload::EpochEnded(e) => {
-            epoch_ended(&mut state.experiments[i].run, e, ev.time);
+            let run = &mut state.experiments[i].details_mut().run;
+            let metrics = e.metrics.0.iter().map(|(n, v)| (n.as_str(), *v));
+            epoch_ended(
+                run,
+                e.epoch,
+                metrics,
+                e.learning_rate,
+                e.wall_time_seconds,
+                ev.time,
+            );
             state.touch(i);
         }
         Payload::CheckpointSaved(c) => {
-            checkpoint_saved(&mut state.experiments[i].run.checkpoints, c);
+            checkpoint_saved(&mut state.experiments[i].details_mut().run.checkpoints, c);
             state.touch(i);
         }
         Payload::TrainingEnded(t) => {
-            training_ended(&mut state.experiments[i].run, t, ev.time);
+            training_ended(&mut state.experiments[i].details_mut().run, t, ev.time);
             state.touch(i);
         }
         Payload::CheckerConfigured(_) | Payload::IngestAdvanced(_) => {}
         Payload::AlertRaised(a) => {
             let e = &mut state.experiments[i];
-            alert_raised(&mut e.alerts, a, ev.seq);
+            alert_raised(&mut e.details_mut().alerts, a, ev.seq);
             if !a.recommended_action.trim().is_empty() {
                 e.has_next = true;
             }
@@ -461,8 +558,9 @@ pub fn apply(state: &mut State, ev: &Event) {
         }
         Payload::RunKilled(k) => {
             let e = &mut state.experiments[i];
-            let count = e.kill.as_ref().map_or(0, |k| k.count) + 1;
-            e.kill = Some(Kill {
+            let d = e.details_mut();
+            let count = d.kill.as_ref().map_or(0, |k| k.count) + 1;
+            d.kill = Some(Kill {
                 time: ev.time,
                 seq: ev.seq,
                 pid: k.pid,
@@ -504,33 +602,66 @@ fn training_started(run: &mut Run, t: &TrainingStarted, time: Timestamp) {
     run.ended = None;
 }
 
-fn epoch_ended(run: &mut Run, e: &EpochEnded, time: Timestamp) {
+/// Fold an EpochEnded that was decoded as a borrowed view (the fast path of a rebuild): the same
+/// as [`apply`] on the fully decoded event.
+pub fn apply_epoch(state: &mut State, seq: u64, time: Timestamp, e: &EpochView<'_>) {
+    state.seq = seq;
+    let Some(i) = state.find(e.experiment_id) else {
+        state.ignored += 1;
+        return;
+    };
+    let run = &mut state.experiments[i].details_mut().run;
+    let metrics = e.metrics.iter().copied();
+    epoch_ended(
+        run,
+        e.epoch,
+        metrics,
+        e.learning_rate,
+        e.wall_time_seconds,
+        time,
+    );
+    state.touch(i);
+}
+
+fn epoch_ended<'m>(
+    run: &mut Run,
+    epoch: u64,
+    metrics: impl Iterator<Item = (&'m str, f64)>,
+    learning_rate: Option<f64>,
+    wall_time_seconds: Option<f64>,
+    time: Timestamp,
+) {
     run.epochs += 1;
     if run.first_epoch.is_none() {
-        run.first_epoch = Some(e.epoch);
+        run.first_epoch = Some(epoch);
     }
-    run.last_epoch = Some(e.epoch);
+    run.last_epoch = Some(epoch);
     run.last_epoch_time = Some(time);
-    if e.wall_time_seconds.is_some() {
-        run.wall_time_seconds = e.wall_time_seconds;
+    if wall_time_seconds.is_some() {
+        run.wall_time_seconds = wall_time_seconds;
     }
-    for (name, v) in &e.metrics.0 {
-        match run.metrics.iter_mut().find(|m| m.name == *name) {
-            Some(m) => m.add(e.epoch, *v),
-            None => run.metrics.push(MetricAgg::new(name, e.epoch, *v)),
+    for (k, (name, v)) in metrics.enumerate() {
+        // Trainers give the same metrics in the same order: try the same slot first.
+        let slot = match run.metrics.get(k) {
+            Some(m) if m.name == name => Some(k),
+            _ => run.metrics.iter().position(|m| m.name == name),
+        };
+        match slot {
+            Some(s) => run.metrics[s].add(epoch, v),
+            None => run.metrics.push(MetricAgg::new(name, epoch, v)),
         }
     }
-    if let Some(lr) = e.learning_rate {
+    if let Some(lr) = learning_rate {
         match &mut run.lr {
             Some(a) => {
-                a.last = (e.epoch, lr);
+                a.last = (epoch, lr);
                 a.min = a.min.min(lr);
                 a.max = a.max.max(lr);
             }
             None => {
                 run.lr = Some(LrAgg {
-                    first: (e.epoch, lr),
-                    last: (e.epoch, lr),
+                    first: (epoch, lr),
+                    last: (epoch, lr),
                     min: lr,
                     max: lr,
                 })

@@ -8,8 +8,8 @@ use crate::event::{
 };
 
 use super::state::{
-    AlertAgg, Checkpoints, Ckpt, Ended, Experiment, Kill, LrAgg, MetricAgg, REASONS, ResultState,
-    Run, State, reason_index,
+    AlertAgg, Checkpoints, Ckpt, Detail, Details, Ended, Experiment, Kill, LrAgg, MetricAgg,
+    REASONS, ResultState, Run, State, reason_index,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,27 +373,73 @@ struct_wire!(Run {
     checkpoints,
     ended
 });
-struct_wire!(Experiment {
-    id,
-    phase,
-    parent_id,
-    created,
-    hypothesis,
-    rationale,
-    status,
-    status_reason,
-    status_time,
-    result,
-    next_ideas,
+struct_wire!(Details {
     notes_what_happened,
     notes_mechanism,
     notes_next,
     run,
     alerts,
-    kill,
-    has_diagnosis,
-    has_next
+    kill
 });
+
+/// An experiment: its registry entry, then its details as a length-prefixed blob that is only
+/// decoded when something needs it.
+impl Wire for Experiment {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.id.put(out);
+        self.phase.put(out);
+        self.parent_id.put(out);
+        self.created.put(out);
+        self.hypothesis.put(out);
+        self.rationale.put(out);
+        self.status.put(out);
+        self.status_reason.put(out);
+        self.status_time.put(out);
+        self.result.put(out);
+        self.next_ideas.put(out);
+        self.has_diagnosis.put(out);
+        self.has_next.put(out);
+        let d = self.detail.encoded();
+        d.len().put(out);
+        out.extend_from_slice(&d);
+    }
+    fn get(d: &mut Dec<'_>) -> R<Experiment> {
+        Ok(Experiment {
+            id: Wire::get(d)?,
+            phase: Wire::get(d)?,
+            parent_id: Wire::get(d)?,
+            created: Wire::get(d)?,
+            hypothesis: Wire::get(d)?,
+            rationale: Wire::get(d)?,
+            status: Wire::get(d)?,
+            status_reason: Wire::get(d)?,
+            status_time: Wire::get(d)?,
+            result: Wire::get(d)?,
+            next_ideas: Wire::get(d)?,
+            has_diagnosis: Wire::get(d)?,
+            has_next: Wire::get(d)?,
+            detail: {
+                let n = d.len()?;
+                Detail::from_raw(d.bytes(n)?.to_vec())
+            },
+        })
+    }
+}
+
+pub fn encode_details(x: &Details) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    x.put(&mut out);
+    out
+}
+
+pub fn decode_details(b: &[u8]) -> R<Details> {
+    let mut d = Dec::new(b);
+    let x = Details::get(&mut d)?;
+    if !d.done() {
+        return Err(WireError("trailing bytes after details".into()));
+    }
+    Ok(x)
+}
 
 impl Wire for Checkpoints {
     fn put(&self, out: &mut Vec<u8>) {
