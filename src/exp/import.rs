@@ -389,7 +389,7 @@ impl serde::Serialize for RenderResult<'_> {
             .collect();
         m.serialize_entry("secondary_metrics", &sec)?;
         m.serialize_entry("shortfalls", &r.shortfalls)?;
-        m.serialize_entry("evaluated_at", &r.evaluated_at.to_micros_z())?;
+        m.serialize_entry("evaluated_at", &project::registry::datetime(r.evaluated_at))?;
         m.end()
     }
 }

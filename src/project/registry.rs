@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::state::{Experiment, ResultState, State};
-use crate::event::Metrics;
+use crate::event::{Metrics, Timestamp};
 
 /// Where the reference keeps experiment folders, relative to the project directory.
 pub const ARTIFACTS_ROOT: &str = ".zo/experiments";
@@ -66,6 +66,17 @@ impl Serialize for MetricsOut<'_> {
     }
 }
 
+/// A registry datetime as pydantic writes a UTC datetime: microseconds and `Z`
+/// (`2026-11-24T09:53:33.639907Z`), and no fraction at all when the microseconds are zero
+/// (`2026-11-24T10:00:00Z`).
+pub fn datetime(t: Timestamp) -> String {
+    let s = t.to_micros_z();
+    match s.strip_suffix(".000000Z") {
+        Some(whole) => format!("{whole}Z"),
+        None => s,
+    }
+}
+
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
@@ -76,7 +87,7 @@ impl<'a> ExperimentOut<'a> {
             id: e.id.as_str(),
             phase: &e.phase,
             parent_id: e.parent_id.as_ref().map(|p| p.as_str()),
-            created: e.created.to_micros_z(),
+            created: datetime(e.created),
             hypothesis: &e.hypothesis,
             rationale: &e.rationale,
             status: e.status.as_str(),
@@ -98,7 +109,7 @@ impl<'a> ResultOut<'a> {
             },
             secondary_metrics: MetricsOut(&r.secondary),
             shortfalls: &r.shortfalls,
-            evaluated_at: r.evaluated_at.to_micros_z(),
+            evaluated_at: datetime(r.evaluated_at),
         }
     }
 }
@@ -108,7 +119,7 @@ pub fn render(state: &State) -> Vec<u8> {
     let out = RegistryOut {
         schema_version: 1,
         project: &state.project,
-        created: state.created.to_micros_z(),
+        created: datetime(state.created),
         experiments: state.experiments.iter().map(ExperimentOut::new).collect(),
     };
     let mut buf = Vec::with_capacity(512 * (state.experiments.len() + 1));

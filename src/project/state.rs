@@ -123,10 +123,12 @@ impl Detail {
         self.cell.get_mut().expect("initialised above")
     }
 
-    /// The encoded details: the raw bytes if never decoded, else encoded afresh.
+    /// The encoded details: the raw bytes if never decoded, else encoded afresh; empty details
+    /// are always empty bytes, so equal states encode to equal bytes.
     pub(crate) fn encoded(&self) -> std::borrow::Cow<'_, [u8]> {
         match self.cell.get() {
             None => std::borrow::Cow::Borrowed(&self.raw),
+            Some(d) if *d == Details::default() => std::borrow::Cow::Borrowed(&[]),
             Some(d) => std::borrow::Cow::Owned(super::wire::encode_details(d)),
         }
     }
@@ -491,7 +493,7 @@ pub fn apply(state: &mut State, ev: &Event) {
                     .as_ref()
                     .and_then(|p| state.index.get(p.as_str()))?;
                 let pr = state.experiments[*parent].result.as_ref()?;
-                (pr.metric == r.primary_metric.name).then(|| r.primary_metric.value - pr.value)
+                (pr.metric == r.primary_metric.name).then_some(r.primary_metric.value - pr.value)
             });
             let e = &mut state.experiments[i];
             e.result = Some(result_state(r, delta));
