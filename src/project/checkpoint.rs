@@ -107,6 +107,12 @@ pub fn encode(state: &State, covers: &Covers) -> Vec<u8> {
 
 /// Decode a checkpoint's bytes (no log checks yet).
 pub fn decode(bytes: &[u8]) -> Result<(State, Covers), String> {
+    decode_shared(&std::sync::Arc::new(bytes.to_vec()))
+}
+
+/// Decode a checkpoint held in a shared buffer: experiments' details stay ranges of it until
+/// something needs them.
+pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<(State, Covers), String> {
     if bytes.len() < PREFIX || bytes[..8] != MAGIC {
         return Err("not a zolog projection checkpoint (bad magic or too short)".into());
     }
@@ -128,7 +134,7 @@ pub fn decode(bytes: &[u8]) -> Result<(State, Covers), String> {
     if crc32fast::hash(body) != crc {
         return Err("corrupt: checksum mismatch".into());
     }
-    let mut d = Dec::new(body);
+    let mut d = Dec::shared(bytes, PREFIX);
     let covers = Covers::get(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
     let state = wire::get_state(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
     if !d.done() {
@@ -162,7 +168,7 @@ pub fn load(state_dir: &Path, log: &Log) -> crate::Result<Loaded> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
         Err(e) => return Ok(Loaded::Discarded(format!("unreadable: {e}"))),
     };
-    let (state, covers) = match decode(&bytes) {
+    let (state, covers) = match decode_shared(&std::sync::Arc::new(bytes)) {
         Ok(x) => x,
         Err(why) => return Ok(Loaded::Discarded(why)),
     };
@@ -191,11 +197,53 @@ pub fn load(state_dir: &Path, log: &Log) -> crate::Result<Loaded> {
     }
 }
 
-/// Save atomically (temp file, fsync, rename, directory fsync).
+/// Save: a temp file renamed into place, without fsync. The checkpoint is a cache checked before
+/// it is trusted: after a crash it is either an older valid one (the next refresh folds a little
+/// more), or torn and discarded by its CRC (the next refresh rebuilds). It never covers more than
+/// the durable log, since it is saved after the events it covers were acknowledged.
 pub fn save(state_dir: &Path, state: &State, covers: &Covers) -> crate::Result<()> {
+    use std::io::{Seek, Write};
     std::fs::create_dir_all(state_dir)
         .map_err(|e| crate::Error::io("create directory", state_dir, e))?;
     let p = path(state_dir);
-    crate::log::fs::write_atomic(&p, &encode(state, covers))
-        .map_err(|e| crate::Error::io("write", &p, e))
+    let tmp = state_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+    // Streamed: the body goes out in pieces while its CRC is computed; the prefix is written last.
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        f.write_all(&[0u8; PREFIX])?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut len = 0u64;
+        let mut piece = Vec::with_capacity(64 * 1024);
+        let mut flush = |piece: &mut Vec<u8>, f: &mut std::io::BufWriter<std::fs::File>| {
+            crc.update(piece);
+            len += piece.len() as u64;
+            let r = f.write_all(piece);
+            piece.clear();
+            r
+        };
+        covers.put(&mut piece);
+        wire::put_state_head(state, &mut piece);
+        for e in &state.experiments {
+            e.put(&mut piece);
+            if piece.len() >= 32 * 1024 {
+                flush(&mut piece, &mut f)?;
+            }
+        }
+        flush(&mut piece, &mut f)?;
+        let crc = crc.finalize();
+        let mut f = f.into_inner().map_err(|e| e.into_error())?;
+        let mut prefix = Vec::with_capacity(PREFIX);
+        prefix.extend_from_slice(&MAGIC);
+        prefix.extend_from_slice(&VERSION.to_le_bytes());
+        prefix.extend_from_slice(&len.to_le_bytes());
+        prefix.extend_from_slice(&crc.to_le_bytes());
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.write_all(&prefix)?;
+        drop(f);
+        std::fs::rename(&tmp, &p)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        crate::Error::io("write", &p, e)
+    })
 }

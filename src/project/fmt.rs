@@ -30,12 +30,20 @@ fn format_g(x: f64, plus: bool) -> String {
     if a == 0.0 {
         return format!("{sign}0");
     }
-    // The exponent %e would print, after rounding to P significant digits.
+    // %e with P significant digits: the digits and the exponent after rounding. %g's fixed form
+    // has the same P significant digits (both round the exact value), so one exact conversion
+    // serves both forms.
     let e_form = format!("{:.*e}", (P - 1) as usize, a);
     let (mantissa, exp) = e_form.split_once('e').expect("{:e} always has an exponent");
     let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
     if (-4..P).contains(&exp) {
-        let fixed = format!("{:.*}", (P - 1 - exp) as usize, a);
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        let fixed = if exp >= 0 {
+            let (int, frac) = digits.split_at(exp as usize + 1);
+            format!("{int}.{frac}")
+        } else {
+            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        };
         format!("{sign}{}", strip_zeros(&fixed))
     } else {
         let esign = if exp < 0 { '-' } else { '+' };
@@ -133,6 +141,46 @@ mod tests {
         check(f64::MAX, "1.79769e+308", "+1.79769e+308");
         check(1e100, "1e+100", "+1e+100");
         check(0.000123456789, "0.000123457", "+0.000123457");
+    }
+
+    /// The textbook %g: %e to find the exponent, then %f or %e at the right precision.
+    fn reference_g(x: f64) -> String {
+        let e_form = format!("{:.5e}", x.abs());
+        let exp: i32 = e_form.split_once('e').unwrap().1.parse().unwrap();
+        let sign = if x.is_sign_negative() { "-" } else { "" };
+        if (-4..6).contains(&exp) {
+            let f = format!("{:.*}", (5 - exp) as usize, x.abs());
+            format!("{sign}{}", strip_zeros(&f))
+        } else {
+            let (m, _) = e_form.split_once('e').unwrap();
+            let es = if exp < 0 { '-' } else { '+' };
+            format!("{sign}{}e{es}{:02}", strip_zeros(m), exp.abs())
+        }
+    }
+
+    #[test]
+    fn percent_g_agrees_with_the_textbook_form_on_many_values() {
+        // A small deterministic generator (xorshift): bit patterns across the whole range, and
+        // values near the fixed/exponent and rounding boundaries.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let x = f64::from_bits(next());
+            if x.is_finite() && x != 0.0 {
+                assert_eq!(g(x), reference_g(x), "{x:e}");
+            }
+            let scale = 10f64.powi((next() % 24) as i32 - 12);
+            let y = (next() % 2_000_000) as f64 / 2.0 * scale;
+            if y != 0.0 {
+                assert_eq!(g(y), reference_g(y), "{y:e}");
+                assert_eq!(g(-y), reference_g(-y), "{y:e}");
+            }
+        }
     }
 
     #[test]

@@ -85,10 +85,11 @@ pub struct Details {
 
 /// [`Details`], kept as the checkpoint's bytes until something reads or changes them: listing
 /// 10,000 experiments, or folding one sample into one of them, decodes only what it touches, and
-/// saving writes untouched details back as they were.
+/// saving writes untouched details back as they were. The bytes are a range of the checkpoint
+/// buffer, shared, not copied.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Detail {
-    raw: Vec<u8>,
+    raw: Option<(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>)>,
     cell: std::cell::OnceCell<Details>,
 }
 
@@ -99,27 +100,32 @@ impl PartialEq for Detail {
 }
 
 impl Detail {
-    pub(crate) fn from_raw(raw: Vec<u8>) -> Detail {
+    pub(crate) fn from_raw(buf: &std::sync::Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Detail {
         Detail {
-            raw,
+            raw: (!range.is_empty()).then(|| (buf.clone(), range)),
             cell: std::cell::OnceCell::new(),
         }
     }
 
+    fn raw(&self) -> &[u8] {
+        self.raw.as_ref().map_or(&[], |(b, r)| &b[r.clone()])
+    }
+
     pub(crate) fn get(&self) -> &Details {
         self.cell.get_or_init(|| {
-            if self.raw.is_empty() {
+            let raw = self.raw();
+            if raw.is_empty() {
                 return Details::default();
             }
             // The checkpoint's CRC and version were checked when it was loaded; bytes that still
             // do not decode are a bug, not damage.
-            super::wire::decode_details(&self.raw).expect("checked checkpoint details decode")
+            super::wire::decode_details(raw).expect("checked checkpoint details decode")
         })
     }
 
     pub(crate) fn get_mut(&mut self) -> &mut Details {
         self.get();
-        self.raw = Vec::new();
+        self.raw = None;
         self.cell.get_mut().expect("initialised above")
     }
 
@@ -127,7 +133,7 @@ impl Detail {
     /// are always empty bytes, so equal states encode to equal bytes.
     pub(crate) fn encoded(&self) -> std::borrow::Cow<'_, [u8]> {
         match self.cell.get() {
-            None => std::borrow::Cow::Borrowed(&self.raw),
+            None => std::borrow::Cow::Borrowed(self.raw()),
             Some(d) if *d == Details::default() => std::borrow::Cow::Borrowed(&[]),
             Some(d) => std::borrow::Cow::Owned(super::wire::encode_details(d)),
         }

@@ -20,11 +20,30 @@ type R<T> = Result<T, WireError>;
 pub struct Dec<'a> {
     b: &'a [u8],
     at: usize,
+    /// The same bytes, shared, when decoding a checkpoint (details keep ranges of it).
+    shared: Option<&'a std::sync::Arc<Vec<u8>>>,
+    /// Where `b` starts in `shared`.
+    base: usize,
 }
 
 impl<'a> Dec<'a> {
     pub fn new(b: &'a [u8]) -> Dec<'a> {
-        Dec { b, at: 0 }
+        Dec {
+            b,
+            at: 0,
+            shared: None,
+            base: 0,
+        }
+    }
+
+    /// Decode `shared[base..]`, letting details borrow ranges of `shared`.
+    pub fn shared(shared: &'a std::sync::Arc<Vec<u8>>, base: usize) -> Dec<'a> {
+        Dec {
+            b: &shared[base..],
+            at: 0,
+            shared: Some(shared),
+            base,
+        }
     }
     pub fn done(&self) -> bool {
         self.at == self.b.len()
@@ -420,7 +439,15 @@ impl Wire for Experiment {
             has_next: Wire::get(d)?,
             detail: {
                 let n = d.len()?;
-                Detail::from_raw(d.bytes(n)?.to_vec())
+                let start = d.base + d.at;
+                let bytes = d.bytes(n)?;
+                match d.shared {
+                    Some(buf) => Detail::from_raw(buf, start..start + n),
+                    None => {
+                        let owned = std::sync::Arc::new(bytes.to_vec());
+                        Detail::from_raw(&owned, 0..n)
+                    }
+                }
             },
         })
     }
@@ -467,11 +494,20 @@ impl Wire for Checkpoints {
 
 /// The persisted part of the state (not the index, which is rebuilt, nor what is dirty).
 pub fn put_state(s: &State, out: &mut Vec<u8>) {
+    put_state_head(s, out);
+    for e in &s.experiments {
+        e.put(out);
+    }
+}
+
+/// Everything before the experiments, and their count: [`put_state`] without the experiments
+/// themselves, which follow, each as [`Wire::put`] writes it.
+pub fn put_state_head(s: &State, out: &mut Vec<u8>) {
     s.seq.put(out);
     s.project.put(out);
     s.created.put(out);
     s.ignored.put(out);
-    s.experiments.put(out);
+    s.experiments.len().put(out);
 }
 
 pub fn get_state(d: &mut Dec<'_>) -> R<State> {

@@ -726,7 +726,7 @@ fn payloads(op: &Op, minted: &mut usize) -> Vec<Payload> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 16,
+        cases: 32,
         max_shrink_iters: 64,
         failure_persistence: None,
         ..ProptestConfig::default()
