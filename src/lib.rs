@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod event;
+pub mod exp;
 pub mod log;
 pub mod project;
 pub mod schema;

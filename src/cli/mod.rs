@@ -1,8 +1,10 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod exp;
 mod logcmd;
 mod schemacmd;
+mod projection;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -49,6 +51,14 @@ pub enum Command {
     Recover(logcmd::RecoverArgs),
     /// Write the JSON Schemas of the events (generated from the Rust types).
     Schema(schemacmd::SchemaArgs),
+    /// Experiments: mint, result, status, next, list, show.
+    Exp(exp::ExpArgs),
+    /// Add agent narrative to an experiment's diagnosis.md (and next.md).
+    Note(exp::NoteArgs),
+    /// Regenerate every projection file from the log alone.
+    Rebuild(projection::RebuildArgs),
+    /// Turn a Python-layer registry.json into events (idempotent).
+    Import(projection::ImportArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -115,6 +125,10 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
         Command::Schema(a) => schemacmd::schema(a),
+        Command::Exp(a) => exp::run(ctx, a),
+        Command::Note(a) => exp::note(ctx, a),
+        Command::Rebuild(a) => projection::rebuild(ctx, a),
+        Command::Import(a) => projection::import(ctx, a),
     }
 }
 

@@ -568,6 +568,43 @@ impl Log {
         }
     }
 
+    /// The checked header of the frame at `pos`, if that record is still there: its header CRC
+    /// holds and it names `pos.seq`. One 24-byte read; `Ok(None)` when the segment or the record
+    /// is gone or different.
+    pub fn frame_header_at(&self, pos: &RecordPos) -> Result<Option<frame::FrameHeader>> {
+        let path = self.segment_path(pos.segment_first_seq);
+        if !self.inner.fs.exists(&path) || pos.offset < SEGMENT_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let mut file = self
+            .inner
+            .fs
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
+        if pos.offset + frame::FRAME_HEADER_LEN as u64 > len {
+            return Ok(None);
+        }
+        let b = file
+            .read_range(pos.offset, frame::FRAME_HEADER_LEN)
+            .map_err(|e| LogError::io("read", &path, e))?;
+        Ok(frame::parse_header(&b, self.inner.opts.max_record)
+            .ok()
+            .filter(|h| h.seq == pos.seq && pos.offset + h.frame_len() as u64 <= len))
+    }
+
+    /// A reader that starts just after the record at `pos`, without scanning the records before
+    /// it. `header` must be what [`Log::frame_header_at`] returned for `pos`.
+    pub fn reader_after(&self, pos: &RecordPos, header: &frame::FrameHeader) -> Result<Reader> {
+        let mut reader = self.reader(pos.seq + 1);
+        let mut rp = reader.open_segment(pos.segment_first_seq)?;
+        rp.offset = pos.offset + header.frame_len() as u64;
+        rp.next_seq = pos.seq + 1;
+        rp.last = Some(*pos);
+        reader.pos = Some(rp);
+        Ok(reader)
+    }
+
     /// A reader positioned at `from_seq` (1 for the beginning).
     pub fn reader(&self, from_seq: u64) -> Reader {
         Reader {
@@ -979,6 +1016,18 @@ pub struct Reader {
     pos: Option<ReadPos>,
 }
 
+/// Where a record's frame sits: enough to find it again without scanning (projection
+/// checkpoints use it to resume where they stopped and to check the log is still the one they
+/// folded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPos {
+    /// First seq of the segment holding the record (its file name).
+    pub segment_first_seq: u64,
+    /// Offset of the frame within that segment.
+    pub offset: u64,
+    pub seq: u64,
+}
+
 #[derive(Debug)]
 struct ReadPos {
     segment_first_seq: u64,
@@ -986,6 +1035,8 @@ struct ReadPos {
     file: Box<dyn FsFile>,
     offset: u64,
     next_seq: u64,
+    /// The last record delivered (whose callback succeeded), possibly in an earlier segment.
+    last: Option<RecordPos>,
 }
 
 /// What a poll found at the end of what it read.
@@ -1078,7 +1129,13 @@ impl Reader {
             file,
             offset: hlen as u64,
             next_seq: first,
+            last: None,
         })
+    }
+
+    /// The last record this reader delivered (and whose callback succeeded).
+    pub fn last_delivered(&self) -> Option<RecordPos> {
+        self.pos.as_ref().and_then(|p| p.last)
     }
 
     /// Deliver every record of every complete batch available now (from the reader's position
@@ -1117,12 +1174,19 @@ impl Reader {
                     .map_err(|e| LogError::io("read", &pos.path, e))?;
                 let base = pos.offset;
                 let mut cb_err = None;
+                let seg = pos.segment_first_seq;
+                let last = &mut pos.last;
                 let s = scan::scan(&buf, base, pos.next_seq, max, |r| {
-                    if r.seq >= from
-                        && let Err(e) = on_record(r)
-                    {
-                        cb_err = Some(e);
-                        return Err(());
+                    if r.seq >= from {
+                        if let Err(e) = on_record(r) {
+                            cb_err = Some(e);
+                            return Err(());
+                        }
+                        *last = Some(RecordPos {
+                            segment_first_seq: seg,
+                            offset: r.offset,
+                            seq: r.seq,
+                        });
                     }
                     Ok(())
                 });
@@ -1180,7 +1244,9 @@ impl Reader {
                             ),
                         }));
                     }
-                    let np = self.open_segment(n)?;
+                    let last = pos.last;
+                    let mut np = self.open_segment(n)?;
+                    np.last = last;
                     self.pos = Some(np);
                 }
                 None => {

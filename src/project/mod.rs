@@ -1,15 +1,337 @@
 //! Projections: pure folds of the log into the files people and agents read (registry.json,
-//! CHECKLIST.md, per-experiment diagnosis.md and next.md).
+//! CHECKLIST.md, per-experiment diagnosis.md and next.md). See docs/projections.md.
 //!
-//! Architecture invariant: projections never append to the log.
+//! Architecture invariants: projections never append to the log; the fold ([`apply`]) reads no
+//! clock and no file; a projection checkpoint is a cache that is checked before it is trusted and
+//! rebuilt from the log when it is not.
 
-use crate::error::Result;
+pub mod checklist;
+pub mod checkpoint;
+pub mod diagnosis;
+pub mod files;
+pub mod fmt;
+pub mod registry;
+pub mod state;
+mod wire;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use self::checkpoint::{Covers, Loaded};
+use self::files::Job;
+pub use self::state::{Experiment, State, apply};
+use crate::error::{Error, Result};
+use crate::event::codec;
+use crate::log::{ReadError, Reader};
 use crate::store::Store;
+
+/// Name of the lock that serialises writers of projections (under `.zo/state/`).
+pub const LOCK_FILE: &str = "projections.lock";
+
+/// What a refresh or rebuild did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// `used`, `missing`, `discarded: <why>`, or `not used` (rebuild).
+    pub checkpoint: String,
+    /// Events folded, from seq `from_seq` on.
+    pub events: u64,
+    pub from_seq: u64,
+    /// The last seq the projections now cover.
+    pub seq: u64,
+    pub experiments: usize,
+    pub files_written: usize,
+    pub files_unchanged: usize,
+    /// Events that name an experiment never minted, or mint one twice: not folded.
+    pub ignored_events: u64,
+}
+
+/// The state at the end of the log and what the checkpoint must record to cover it.
+struct Folded {
+    state: State,
+    covers: Option<Covers>,
+    /// Whether the state differs from the saved checkpoint.
+    changed: bool,
+    report: Report,
+}
+
+/// Fold the log: from the checkpoint when `use_checkpoint` and it checks out, else from seq 1.
+fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
+    let started = std::time::Instant::now();
+    let log = store.log();
+    let loaded = if use_checkpoint {
+        checkpoint::load(&store.state_dir(), log)?
+    } else {
+        Loaded::Missing
+    };
+    let (mut state, reader, mut covers, how) = match loaded {
+        Loaded::Valid {
+            state,
+            covers,
+            header,
+        } => {
+            let pos = covers.pos.expect("a valid checkpoint has a position");
+            let reader = log.reader_after(&pos, &header)?;
+            (*state, reader, Some(covers), "used".to_owned())
+        }
+        Loaded::Missing => (
+            State::new(),
+            log.reader(1),
+            None,
+            if use_checkpoint {
+                "missing"
+            } else {
+                "not used"
+            }
+            .to_owned(),
+        ),
+        Loaded::Discarded(why) => {
+            tracing::warn!("projection checkpoint discarded, rebuilding from the log: {why}");
+            (
+                State::new(),
+                log.reader(1),
+                None,
+                format!("discarded: {why}"),
+            )
+        }
+    };
+    tracing::debug!(checkpoint = %how, elapsed = ?started.elapsed(), "projection state loaded");
+    let from_seq = state.seq + 1;
+    let mut events = 0u64;
+    let reader = fold_records(reader, |seq, payload| {
+        match codec::decode_epoch_view(payload) {
+            Ok(Some((time, view))) => state::apply_epoch(&mut state, seq, time, &view),
+            Ok(None) => {
+                let ev =
+                    codec::decode(seq, payload).map_err(|source| Error::Codec { seq, source })?;
+                apply(&mut state, &ev);
+            }
+            Err(source) => return Err(Error::Codec { seq, source }),
+        }
+        events += 1;
+        Ok(())
+    })?;
+    tracing::debug!(events, elapsed = ?started.elapsed(), "log folded");
+    let reused = covers.is_some();
+    if events > 0 || covers.is_none() {
+        covers = match reader.last_delivered() {
+            Some(pos) => {
+                let header = log.frame_header_at(&pos)?.ok_or_else(|| {
+                    Error::Invalid(format!("record {} vanished while folding", pos.seq))
+                })?;
+                let first = checkpoint::first_header_crc(log)?.unwrap_or(0);
+                Some(Covers {
+                    seq: pos.seq,
+                    pos: Some(pos),
+                    header_crc: header.header_crc,
+                    first_header_crc: first,
+                })
+            }
+            None => None,
+        };
+    }
+    if !reused {
+        state.mark_all_dirty();
+    }
+    let report = Report {
+        checkpoint: how,
+        events,
+        from_seq,
+        seq: state.seq,
+        experiments: state.experiments.len(),
+        ignored_events: state.ignored,
+        ..Report::default()
+    };
+    Ok(Folded {
+        changed: events > 0 || !reused,
+        state,
+        covers,
+        report,
+    })
+}
+
+/// Records copied out of the log by the reading thread, handed to the folding thread.
+#[derive(Default)]
+struct Chunk {
+    seqs: Vec<u64>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Call `f` with every record from the reader's position to the end of the log, in order, and
+/// return the reader (which knows the last record delivered). Two stages on two threads: one
+/// reads and CRC-checks the log, the other (this one) decodes and folds.
+fn fold_records(reader: Reader, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<Reader> {
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
+    let (back_tx, back_rx) = mpsc::channel::<Chunk>();
+    std::thread::scope(|s| {
+        let reading = s.spawn(move || {
+            let mut reader = reader;
+            let mut chunk = Chunk::default();
+            let end = reader.poll(|r| -> std::result::Result<(), ()> {
+                chunk.seqs.push(r.seq);
+                chunk.bytes.extend_from_slice(r.payload);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.bytes.len() >= CHUNK_BYTES {
+                    let mut next = back_rx.try_recv().unwrap_or_default();
+                    next.seqs.clear();
+                    next.ends.clear();
+                    next.bytes.clear();
+                    tx.send(std::mem::replace(&mut chunk, next))
+                        .map_err(|_| ())?;
+                }
+                Ok(())
+            });
+            if end.is_ok() && !chunk.seqs.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            (reader, end)
+        });
+        let mut failed = None;
+        for chunk in rx.iter() {
+            let mut start = 0;
+            for (&seq, &end) in chunk.seqs.iter().zip(&chunk.ends) {
+                if let Err(e) = f(seq, &chunk.bytes[start..end]) {
+                    failed = Some(e);
+                    break;
+                }
+                start = end;
+            }
+            if failed.is_some() {
+                break;
+            }
+            let _ = back_tx.send(chunk);
+        }
+        drop(rx);
+        let (reader, end) = reading.join().expect("the log reading thread panicked");
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match end {
+            Ok(_) => Ok(reader),
+            Err(ReadError::Log(e)) => Err(e.into()),
+            Err(ReadError::Callback(())) => Err(Error::Invalid(
+                "the folding thread stopped reading the log".into(),
+            )),
+        }
+    })
+}
+
+/// The state at the end of the log, for commands that only read: the checkpoint plus what came
+/// after it, folded in memory. Writes nothing.
+pub fn current(store: &Store) -> Result<State> {
+    Ok(fold(store, true)?.state)
+}
 
 /// Bring every projection up to date with the log. Every command that appends calls this after
 /// its append is acknowledged.
 pub fn refresh(store: &Store) -> Result<()> {
-    // The folds arrive with the projections work (issue 3); until then there is nothing to write.
-    let _ = store;
-    Ok(())
+    refresh_report(store).map(drop)
+}
+
+/// [`refresh`], saying what it did.
+pub fn refresh_report(store: &Store) -> Result<Report> {
+    let _lock = lock(store)?;
+    let folded = fold(store, true)?;
+    write(store, folded)
+}
+
+/// Regenerate every projection from the log alone (the checkpoint is neither read nor trusted),
+/// then save a new checkpoint.
+pub fn rebuild(store: &Store) -> Result<Report> {
+    let _lock = lock(store)?;
+    let mut folded = fold(store, false)?;
+    folded.state.mark_all_dirty();
+    folded.changed = true;
+    write(store, folded)
+}
+
+/// Hold the projection lock (blocking) so that concurrent refreshes do not interleave: each one
+/// folds to the end of the log as it is while it holds the lock, so files never go back in time.
+fn lock(store: &Store) -> Result<File> {
+    let dir = store.state_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let p = dir.join(LOCK_FILE);
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io("open", &p, e))?;
+    f.lock().map_err(|e| Error::io("lock", &p, e))?;
+    Ok(f)
+}
+
+/// Experiments rendered per write pass: bounds the memory a rebuild holds in rendered bytes.
+const CHUNK: usize = 2048;
+
+/// Write what changed, then save the checkpoint.
+fn write(store: &Store, folded: Folded) -> Result<Report> {
+    let started = std::time::Instant::now();
+    let Folded {
+        mut state,
+        covers,
+        changed,
+        mut report,
+    } = folded;
+    let exp_root = store.experiments_dir();
+    let mut new_dirs = BTreeSet::new();
+    let dirty = std::mem::take(&mut state.dirty);
+    let mut jobs = Vec::new();
+    if dirty.registry {
+        files::ensure_dir(&exp_root, &mut new_dirs)?;
+        jobs.push(Job {
+            path: exp_root.join("registry.json"),
+            bytes: registry::render(&state),
+        });
+        jobs.push(Job {
+            path: exp_root.join("CHECKLIST.md"),
+            bytes: checklist::render(&state).into_bytes(),
+        });
+    }
+    let dirty_exps: Vec<usize> = dirty.experiments.into_iter().collect();
+    for chunk in dirty_exps.chunks(CHUNK) {
+        for &i in chunk {
+            let e = &state.experiments[i];
+            let dir = exp_root.join(e.id.as_str());
+            files::ensure_dir(&dir, &mut new_dirs)?;
+            if e.has_diagnosis {
+                jobs.push(Job {
+                    path: dir.join("diagnosis.md"),
+                    bytes: diagnosis::render_diagnosis(e).into_bytes(),
+                });
+            }
+            if e.has_next {
+                jobs.push(Job {
+                    path: dir.join("next.md"),
+                    bytes: diagnosis::render_next(e).into_bytes(),
+                });
+            }
+        }
+        let w = files::write_all(&jobs)?;
+        report.files_written += w.written;
+        report.files_unchanged += w.unchanged;
+        jobs.clear();
+    }
+    if !jobs.is_empty() {
+        let w = files::write_all(&jobs)?;
+        report.files_written += w.written;
+        report.files_unchanged += w.unchanged;
+    }
+    files::sync_dirs(new_dirs.into_iter().collect::<Vec<PathBuf>>())?;
+    tracing::debug!(
+        written = report.files_written,
+        unchanged = report.files_unchanged,
+        elapsed = ?started.elapsed(),
+        "projection files written"
+    );
+    state.clear_dirty();
+    if changed && let Some(c) = covers {
+        checkpoint::save(&store.state_dir(), &state, &c)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
+    }
+    Ok(report)
 }

@@ -1,0 +1,155 @@
+//! Experiment commands as library calls: validate against the folded state, append events, refresh
+//! the projections. Data flows one way: the state comes from the fold, never from the files.
+
+pub mod import;
+pub mod parse;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    ExpId, ExperimentMinted, ExperimentStatus, ExperimentStatusChanged, Metrics, NewEvent,
+    NextIdea, NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload, PrimaryMetric,
+    ResultRecorded, Source, SourceKind, Timestamp, codec,
+};
+use crate::log::Appended;
+use crate::project::{self, State};
+use crate::store::Store;
+
+/// Under the writer lock: fold the log to its end, let `decide` check the request against that
+/// state and say what to append, append it as one batch, then refresh the projections. Holding
+/// the lock while deciding makes check-then-append atomic (two mints never get the same id).
+pub fn append_checked<T>(
+    store: &Store,
+    decide: impl FnOnce(&State) -> Result<(Vec<NewEvent>, T)>,
+) -> Result<(Option<Appended>, T)> {
+    let mut writer = store.writer()?;
+    let state = project::current(store)?;
+    let (events, out) = decide(&state)?;
+    let appended = if events.is_empty() {
+        None
+    } else {
+        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
+        Some(writer.append(&payloads)?)
+    };
+    drop(writer);
+    if appended.is_some() {
+        project::refresh(store)?;
+    }
+    Ok((appended, out))
+}
+
+fn cli_event(payload: Payload) -> NewEvent {
+    NewEvent::now(Source::this_process(SourceKind::Cli), payload)
+}
+
+/// The experiment, or the reference's error for an unknown id.
+pub fn require<'a>(state: &'a State, id: &ExpId) -> Result<&'a project::Experiment> {
+    state
+        .get(id)
+        .ok_or_else(|| Error::UnknownExperiment(id.clone()))
+}
+
+/// What `zolog exp mint` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Mint {
+    pub parent: Option<ExpId>,
+    pub phase: Option<String>,
+    pub hypothesis: String,
+    pub rationale: String,
+}
+
+/// Mint the next experiment (highest number + 1); returns its id.
+pub fn mint(store: &Store, m: Mint) -> Result<ExpId> {
+    let (_, id) = append_checked(store, |state| {
+        if let Some(p) = &m.parent {
+            require(state, p)?;
+        }
+        let id = state.next_id().ok_or_else(|| {
+            Error::Invalid("no experiment number left (exp-999999999 exists)".into())
+        })?;
+        let ev = cli_event(Payload::ExperimentMinted(ExperimentMinted {
+            experiment_id: id.clone(),
+            parent_id: m.parent.clone(),
+            phase: m.phase.clone().unwrap_or_else(|| "phase_4".to_owned()),
+            hypothesis: m.hypothesis.clone(),
+            rationale: m.rationale.clone(),
+        }));
+        Ok((vec![ev], id))
+    })?;
+    Ok(id)
+}
+
+/// A result as given on the command line or read from result.md.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultInput {
+    pub tier: OracleTier,
+    pub metric: String,
+    pub value: f64,
+    pub delta: Option<f64>,
+    pub secondary: Metrics,
+    pub shortfalls: Vec<String>,
+    pub evaluated_at: Option<Timestamp>,
+}
+
+/// Record the oracle's result (the experiment becomes `complete`). Returns the delta vs parent
+/// as the registry now shows it.
+pub fn record_result(store: &Store, id: &ExpId, r: ResultInput) -> Result<Option<f64>> {
+    append_checked(store, |state| {
+        require(state, id)?;
+        let ev = cli_event(Payload::ResultRecorded(ResultRecorded {
+            experiment_id: id.clone(),
+            oracle_tier: r.tier,
+            primary_metric: PrimaryMetric {
+                name: r.metric.clone(),
+                value: r.value,
+                delta_vs_parent: r.delta,
+            },
+            secondary_metrics: r.secondary.clone(),
+            shortfalls: r.shortfalls.clone(),
+            evaluated_at: r.evaluated_at.unwrap_or_else(Timestamp::now),
+        }));
+        Ok((vec![ev], ()))
+    })?;
+    let state = project::current(store)?;
+    Ok(require(&state, id)?.result.as_ref().and_then(|r| r.delta))
+}
+
+pub fn set_status(store: &Store, id: &ExpId, status: ExperimentStatus, reason: &str) -> Result<()> {
+    append_checked(store, |state| {
+        require(state, id)?;
+        let ev = cli_event(Payload::ExperimentStatusChanged(ExperimentStatusChanged {
+            experiment_id: id.clone(),
+            status,
+            reason: reason.to_owned(),
+        }));
+        Ok((vec![ev], ()))
+    })
+    .map(drop)
+}
+
+pub fn set_next(store: &Store, id: &ExpId, ideas: Vec<NextIdea>) -> Result<()> {
+    append_checked(store, |state| {
+        require(state, id)?;
+        let ev = cli_event(Payload::NextIdeasRecorded(NextIdeasRecorded {
+            experiment_id: id.clone(),
+            ideas,
+        }));
+        Ok((vec![ev], ()))
+    })
+    .map(drop)
+}
+
+pub fn add_note(store: &Store, id: &ExpId, section: NoteSection, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::Invalid("a note needs some text".into()));
+    }
+    append_checked(store, |state| {
+        require(state, id)?;
+        let ev = cli_event(Payload::NoteAdded(NoteAdded {
+            experiment_id: id.clone(),
+            section,
+            text: text.to_owned(),
+        }));
+        Ok((vec![ev], ()))
+    })
+    .map(drop)
+}

@@ -1,0 +1,558 @@
+//! The projection checkpoint's encoding of the state: varint integers, floats as their IEEE-754
+//! bits (NaN and infinities survive), strings and lists length-prefixed. Hand-written so that the
+//! codec stays the one bincode user, and so that decoding never trusts a length beyond the bytes
+//! it has.
+
+use crate::event::{
+    CheckpointReason, ExpId, ExperimentStatus, Metrics, NextIdea, OracleTier, Severity, Timestamp,
+};
+
+use super::state::{
+    AlertAgg, Checkpoints, Ckpt, Detail, Details, Ended, Experiment, Kill, LrAgg, MetricAgg,
+    REASONS, ResultState, Run, State, reason_index,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+type R<T> = Result<T, WireError>;
+
+pub struct Dec<'a> {
+    b: &'a [u8],
+    at: usize,
+    /// The same bytes, shared, when decoding a checkpoint (details keep ranges of it).
+    shared: Option<&'a std::sync::Arc<Vec<u8>>>,
+    /// Where `b` starts in `shared`.
+    base: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(b: &'a [u8]) -> Dec<'a> {
+        Dec {
+            b,
+            at: 0,
+            shared: None,
+            base: 0,
+        }
+    }
+
+    /// Decode `shared[base..]`, letting details borrow ranges of `shared`.
+    pub fn shared(shared: &'a std::sync::Arc<Vec<u8>>, base: usize) -> Dec<'a> {
+        Dec {
+            b: &shared[base..],
+            at: 0,
+            shared: Some(shared),
+            base,
+        }
+    }
+    pub fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+    fn byte(&mut self) -> R<u8> {
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or_else(|| WireError("truncated".into()))?;
+        self.at += 1;
+        Ok(v)
+    }
+    fn bytes(&mut self, n: usize) -> R<&'a [u8]> {
+        if n > self.b.len() - self.at {
+            return Err(WireError(format!("length {n} beyond the end")));
+        }
+        let s = &self.b[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    /// A list length, checked against the bytes left (every element takes at least one byte).
+    fn len(&mut self) -> R<usize> {
+        let n = u64::get(self)?;
+        if n > (self.b.len() - self.at) as u64 {
+            return Err(WireError(format!("list of {n} beyond the end")));
+        }
+        Ok(n as usize)
+    }
+}
+
+pub trait Wire: Sized {
+    fn put(&self, out: &mut Vec<u8>);
+    fn get(d: &mut Dec<'_>) -> R<Self>;
+}
+
+impl Wire for u64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        let mut v = *self;
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn get(d: &mut Dec<'_>) -> R<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = d.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(WireError("varint too long".into()))
+    }
+}
+
+macro_rules! via_u64 {
+    ($($t:ty),*) => {$(
+        impl Wire for $t {
+            fn put(&self, out: &mut Vec<u8>) {
+                (*self as u64).put(out)
+            }
+            fn get(d: &mut Dec<'_>) -> R<$t> {
+                let v = u64::get(d)?;
+                <$t>::try_from(v).map_err(|_| WireError(format!("{v} out of range")))
+            }
+        }
+    )*};
+}
+via_u64!(u32, usize);
+
+impl Wire for i64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        (((*self << 1) ^ (*self >> 63)) as u64).put(out)
+    }
+    fn get(d: &mut Dec<'_>) -> R<i64> {
+        let v = u64::get(d)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+}
+
+impl Wire for i32 {
+    fn put(&self, out: &mut Vec<u8>) {
+        i64::from(*self).put(out)
+    }
+    fn get(d: &mut Dec<'_>) -> R<i32> {
+        let v = i64::get(d)?;
+        i32::try_from(v).map_err(|_| WireError(format!("{v} out of range")))
+    }
+}
+
+impl Wire for f64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bits().to_le_bytes())
+    }
+    fn get(d: &mut Dec<'_>) -> R<f64> {
+        let b = d.bytes(8)?;
+        Ok(f64::from_bits(u64::from_le_bytes(
+            b.try_into().expect("8 bytes"),
+        )))
+    }
+}
+
+impl Wire for bool {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self))
+    }
+    fn get(d: &mut Dec<'_>) -> R<bool> {
+        match d.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(WireError(format!("bad bool {b}"))),
+        }
+    }
+}
+
+impl Wire for String {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.len().put(out);
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn get(d: &mut Dec<'_>) -> R<String> {
+        let n = d.len()?;
+        let b = d.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError("invalid UTF-8".into()))
+    }
+}
+
+impl<T: Wire> Wire for Option<T> {
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                v.put(out)
+            }
+        }
+    }
+    fn get(d: &mut Dec<'_>) -> R<Option<T>> {
+        match d.byte()? {
+            0 => Ok(None),
+            1 => T::get(d).map(Some),
+            b => Err(WireError(format!("bad option tag {b}"))),
+        }
+    }
+}
+
+impl<T: Wire> Wire for Vec<T> {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.len().put(out);
+        for v in self {
+            v.put(out);
+        }
+    }
+    fn get(d: &mut Dec<'_>) -> R<Vec<T>> {
+        let n = d.len()?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(T::get(d)?);
+        }
+        Ok(v)
+    }
+}
+
+impl<A: Wire, B: Wire> Wire for (A, B) {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.0.put(out);
+        self.1.put(out);
+    }
+    fn get(d: &mut Dec<'_>) -> R<(A, B)> {
+        Ok((A::get(d)?, B::get(d)?))
+    }
+}
+
+impl Wire for Timestamp {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.0.put(out)
+    }
+    fn get(d: &mut Dec<'_>) -> R<Timestamp> {
+        i64::get(d).map(Timestamp)
+    }
+}
+
+impl Wire for ExpId {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.as_str().to_owned().put(out)
+    }
+    fn get(d: &mut Dec<'_>) -> R<ExpId> {
+        ExpId::parse(&String::get(d)?).map_err(|e| WireError(e.to_string()))
+    }
+}
+
+impl Wire for Metrics {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.0.put(out)
+    }
+    fn get(d: &mut Dec<'_>) -> R<Metrics> {
+        Vec::get(d).map(Metrics)
+    }
+}
+
+/// Enums as their index in a fixed table.
+macro_rules! enum_wire {
+    ($t:ty, [$($v:expr),* $(,)?]) => {
+        impl Wire for $t {
+            fn put(&self, out: &mut Vec<u8>) {
+                let all = [$($v),*];
+                out.push(all.iter().position(|x| x == self).unwrap_or(0) as u8)
+            }
+            fn get(d: &mut Dec<'_>) -> R<$t> {
+                let all = [$($v),*];
+                let i = d.byte()? as usize;
+                all.get(i).copied().ok_or_else(|| WireError(format!("bad {} {i}", stringify!($t))))
+            }
+        }
+    };
+}
+enum_wire!(
+    ExperimentStatus,
+    [
+        ExperimentStatus::Running,
+        ExperimentStatus::Complete,
+        ExperimentStatus::Failed,
+        ExperimentStatus::Aborted
+    ]
+);
+enum_wire!(
+    OracleTier,
+    [
+        OracleTier::MustPass,
+        OracleTier::ShouldPass,
+        OracleTier::CouldPass,
+        OracleTier::Fail
+    ]
+);
+enum_wire!(Severity, [Severity::Info, Severity::Warn, Severity::Stop]);
+
+impl Wire for CheckpointReason {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(reason_index(*self) as u8)
+    }
+    fn get(d: &mut Dec<'_>) -> R<CheckpointReason> {
+        let i = d.byte()? as usize;
+        REASONS
+            .get(i)
+            .copied()
+            .ok_or_else(|| WireError(format!("bad checkpoint reason {i}")))
+    }
+}
+
+/// Structs field by field, in declaration order.
+macro_rules! struct_wire {
+    ($t:ident { $($f:ident),* $(,)? }) => {
+        impl Wire for $t {
+            fn put(&self, out: &mut Vec<u8>) {
+                $( self.$f.put(out); )*
+            }
+            fn get(d: &mut Dec<'_>) -> R<$t> {
+                Ok($t { $( $f: Wire::get(d)?, )* })
+            }
+        }
+    };
+}
+struct_wire!(NextIdea {
+    label,
+    idea,
+    details
+});
+struct_wire!(ResultState {
+    tier,
+    metric,
+    value,
+    delta,
+    secondary,
+    shortfalls,
+    evaluated_at
+});
+struct_wire!(MetricAgg {
+    name,
+    count,
+    first,
+    last,
+    min,
+    max,
+    nonfinite,
+    first_nonfinite
+});
+struct_wire!(LrAgg {
+    first,
+    last,
+    min,
+    max
+});
+struct_wire!(Ckpt {
+    epoch,
+    path,
+    reason
+});
+struct_wire!(Ended {
+    time,
+    epoch,
+    exit_code,
+    signal,
+    wall_time_seconds,
+    metrics
+});
+struct_wire!(AlertAgg {
+    rule,
+    count,
+    first_seq,
+    first_epoch,
+    last_epoch,
+    severity,
+    seq,
+    epoch,
+    observed,
+    message,
+    likely_cause,
+    recommended_action
+});
+struct_wire!(Kill {
+    time,
+    seq,
+    pid,
+    signal,
+    by,
+    reason,
+    alert_seqs,
+    count
+});
+struct_wire!(Run {
+    starts,
+    name,
+    started,
+    pid,
+    host,
+    total_epochs,
+    epochs,
+    first_epoch,
+    last_epoch,
+    last_epoch_time,
+    wall_time_seconds,
+    metrics,
+    lr,
+    checkpoints,
+    ended
+});
+struct_wire!(Details {
+    notes_what_happened,
+    notes_mechanism,
+    notes_next,
+    run,
+    alerts,
+    kill
+});
+
+/// An experiment: its registry entry, then its details as a length-prefixed blob that is only
+/// decoded when something needs it.
+impl Wire for Experiment {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.id.put(out);
+        self.phase.put(out);
+        self.parent_id.put(out);
+        self.created.put(out);
+        self.hypothesis.put(out);
+        self.rationale.put(out);
+        self.status.put(out);
+        self.status_reason.put(out);
+        self.status_time.put(out);
+        self.result.put(out);
+        self.next_ideas.put(out);
+        self.has_diagnosis.put(out);
+        self.has_next.put(out);
+        let d = self.detail.encoded();
+        d.len().put(out);
+        out.extend_from_slice(&d);
+    }
+    fn get(d: &mut Dec<'_>) -> R<Experiment> {
+        Ok(Experiment {
+            id: Wire::get(d)?,
+            phase: Wire::get(d)?,
+            parent_id: Wire::get(d)?,
+            created: Wire::get(d)?,
+            hypothesis: Wire::get(d)?,
+            rationale: Wire::get(d)?,
+            status: Wire::get(d)?,
+            status_reason: Wire::get(d)?,
+            status_time: Wire::get(d)?,
+            result: Wire::get(d)?,
+            next_ideas: Wire::get(d)?,
+            has_diagnosis: Wire::get(d)?,
+            has_next: Wire::get(d)?,
+            detail: {
+                let n = d.len()?;
+                let start = d.base + d.at;
+                let bytes = d.bytes(n)?;
+                match d.shared {
+                    Some(buf) => Detail::from_raw(buf, start..start + n),
+                    None => {
+                        let owned = std::sync::Arc::new(bytes.to_vec());
+                        Detail::from_raw(&owned, 0..n)
+                    }
+                }
+            },
+        })
+    }
+}
+
+pub fn encode_details(x: &Details) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    x.put(&mut out);
+    out
+}
+
+pub fn decode_details(b: &[u8]) -> R<Details> {
+    let mut d = Dec::new(b);
+    let x = Details::get(&mut d)?;
+    if !d.done() {
+        return Err(WireError("trailing bytes after details".into()));
+    }
+    Ok(x)
+}
+
+impl Wire for Checkpoints {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.count.put(out);
+        for n in self.by_reason {
+            n.put(out);
+        }
+        self.last.put(out);
+        self.last_best.put(out);
+    }
+    fn get(d: &mut Dec<'_>) -> R<Checkpoints> {
+        let count = u64::get(d)?;
+        let mut by_reason = [0u64; 6];
+        for n in &mut by_reason {
+            *n = u64::get(d)?;
+        }
+        Ok(Checkpoints {
+            count,
+            by_reason,
+            last: Wire::get(d)?,
+            last_best: Wire::get(d)?,
+        })
+    }
+}
+
+/// The persisted part of the state (not the index, which is rebuilt, nor what is dirty).
+pub fn put_state(s: &State, out: &mut Vec<u8>) {
+    put_state_head(s, out);
+    for e in &s.experiments {
+        e.put(out);
+    }
+}
+
+/// Everything before the experiments, and their count: [`put_state`] without the experiments
+/// themselves, which follow, each as [`Wire::put`] writes it.
+pub fn put_state_head(s: &State, out: &mut Vec<u8>) {
+    s.seq.put(out);
+    s.project.put(out);
+    s.created.put(out);
+    s.ignored.put(out);
+    s.experiments.len().put(out);
+}
+
+pub fn get_state(d: &mut Dec<'_>) -> R<State> {
+    let mut s = State {
+        seq: Wire::get(d)?,
+        project: Wire::get(d)?,
+        created: Wire::get(d)?,
+        ignored: Wire::get(d)?,
+        experiments: Wire::get(d)?,
+        ..State::default()
+    };
+    s.rebuild_index();
+    if s.index.len() != s.experiments.len() {
+        return Err(WireError("duplicate experiment ids".into()));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitives_round_trip_and_lengths_are_checked() {
+        let mut out = Vec::new();
+        for v in [0u64, 1, 127, 128, u64::MAX] {
+            v.put(&mut out);
+        }
+        for v in [0i64, -1, i64::MIN, i64::MAX] {
+            v.put(&mut out);
+        }
+        f64::NAN.put(&mut out);
+        let mut d = Dec::new(&out);
+        for v in [0u64, 1, 127, 128, u64::MAX] {
+            assert_eq!(u64::get(&mut d).unwrap(), v);
+        }
+        for v in [0i64, -1, i64::MIN, i64::MAX] {
+            assert_eq!(i64::get(&mut d).unwrap(), v);
+        }
+        assert_eq!(f64::get(&mut d).unwrap().to_bits(), f64::NAN.to_bits());
+        assert!(d.done());
+        // A string claiming 2^40 bytes fails without allocating them.
+        let mut out = Vec::new();
+        (1u64 << 40).put(&mut out);
+        assert!(String::get(&mut Dec::new(&out)).is_err());
+        assert!(Vec::<String>::get(&mut Dec::new(&out)).is_err());
+    }
+}
