@@ -1,6 +1,8 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod checkpoint;
+mod ingest;
 mod logcmd;
 
 use std::io::{self, Write};
@@ -46,6 +48,12 @@ pub enum Command {
     Verify(logcmd::VerifyArgs),
     /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
     Recover(logcmd::RecoverArgs),
+    /// Ingest a trainer's metrics.jsonl, exactly once; --follow keeps ingesting as it grows.
+    Ingest(ingest::IngestArgs),
+    /// Checkpoint cadence, recording, listing and verification.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// The checkpoint a restarted trainer should load; exit 0 if there is one, 1 if not.
+    Resume(checkpoint::ResumeArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -111,6 +119,9 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Log(a) => logcmd::log(ctx, a),
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
+        Command::Ingest(a) => ingest::ingest(ctx, a),
+        Command::Checkpoint(a) => checkpoint::run(ctx, a),
+        Command::Resume(a) => checkpoint::resume(ctx, a),
     }
 }
 

@@ -1,1 +1,4 @@
 //! One integration-test binary (see ARCHITECTURE.md).
+
+mod checkpoints;
+mod ingest;
