@@ -97,6 +97,11 @@ pub struct Record {
 
 /// Hash the file and append a `CheckpointSaved`. The experiment must have been minted.
 pub fn record(store: &Store, req: RecordRequest, source: Source) -> Result<Record> {
+    if req.reason == CheckpointReason::Fold && req.fold.is_none() {
+        return Err(Error::Invalid(
+            "a fold checkpoint needs its fold number (--fold N)".into(),
+        ));
+    }
     let history = History::load(store, &req.experiment_id)?;
     if !history.minted {
         return Err(Error::UnknownExperiment(req.experiment_id));

@@ -32,7 +32,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::event::{ExpId, IngestAdvanced, NewEvent, Payload, Source, SourceKind, codec};
+use crate::event::{
+    ExpId, IngestAdvanced, NewEvent, Payload, Source, SourceKind, Timestamp, codec,
+};
 use crate::log::{ReadError, Reader};
 use crate::store::Store;
 
@@ -295,14 +297,202 @@ struct OpenFile {
 
 /// The events of one read, waiting to be appended.
 struct Batch {
-    payloads: Vec<Vec<u8>>,
-    events: u64,
+    /// Encoded events back to back; event i ends at `ends[i]`.
+    data: Vec<u8>,
+    ends: Vec<usize>,
     lines: u64,
     rejected: u64,
     /// Offset after the last consumed line, and that line's hash and length.
     end: u64,
     tail: u64,
     tail_len: u64,
+}
+
+impl Batch {
+    fn new(end: u64) -> Batch {
+        Batch {
+            data: Vec::new(),
+            ends: Vec::new(),
+            lines: 0,
+            rejected: 0,
+            end,
+            tail: 0,
+            tail_len: 0,
+        }
+    }
+
+    fn events(&self) -> u64 {
+        self.ends.len() as u64
+    }
+
+    fn push(&mut self, event: &[u8]) {
+        self.data.extend_from_slice(event);
+        self.ends.push(self.data.len());
+    }
+}
+
+/// What became of one line.
+enum Parsed {
+    Blank,
+    /// Its encoded event: a range of the piece's `data`.
+    Event(usize, usize),
+    Bad(String),
+}
+
+/// The lines of one piece of a chunk, parsed and encoded (on its own thread for big chunks).
+struct Piece {
+    /// Index of each line's newline in the chunk.
+    nls: Vec<usize>,
+    parsed: Vec<Parsed>,
+    data: Vec<u8>,
+}
+
+struct ParseCtx<'a> {
+    exp: &'a ExpId,
+    source: &'a Source,
+    /// The `appended` time of the chunk's events.
+    now: Timestamp,
+    max_line: usize,
+    max_record: usize,
+}
+
+/// A chunk of the file, read and parsed, waiting to be committed.
+struct Prepared {
+    /// Offset of its first byte.
+    at: u64,
+    /// The bytes read.
+    buf: Vec<u8>,
+    /// Bytes asked for (a read shorter than this reached the end of the file).
+    want: usize,
+    /// Index of its last newline.
+    last_nl: Option<usize>,
+    /// Its complete lines, parsed.
+    pieces: Vec<Piece>,
+}
+
+/// Read up to `want` bytes at `at` and parse their complete lines.
+fn prepare(
+    file: &File,
+    at: u64,
+    want: usize,
+    cx: &ParseCtx<'_>,
+    threads: usize,
+) -> io::Result<Prepared> {
+    let mut buf = vec![0u8; want];
+    let n = read_full_at(file, &mut buf, at)?;
+    buf.truncate(n);
+    let last_nl = memchr::memrchr(b'\n', &buf);
+    let pieces = match last_nl {
+        Some(l) => parse_chunk(&buf[..=l], cx, threads),
+        None => Vec::new(),
+    };
+    Ok(Prepared {
+        at,
+        buf,
+        want,
+        last_nl,
+        pieces,
+    })
+}
+
+/// Chunks at least this big are parsed on several threads.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// Parse and encode the complete lines of `chunk` (which ends with a newline), in order.
+fn parse_chunk(chunk: &[u8], cx: &ParseCtx<'_>, threads: usize) -> Vec<Piece> {
+    if threads <= 1 || chunk.len() < PARALLEL_MIN_BYTES {
+        return vec![parse_piece(chunk, 0, chunk.len(), cx)];
+    }
+    let mut bounds = vec![0usize];
+    for i in 1..threads {
+        let target = (chunk.len() * i / threads).max(*bounds.last().expect("non-empty"));
+        if let Some(j) = memchr::memchr(b'\n', &chunk[target..]) {
+            let b = target + j + 1;
+            if b < chunk.len() && b > *bounds.last().expect("non-empty") {
+                bounds.push(b);
+            }
+        }
+    }
+    bounds.push(chunk.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let (from, to) = (w[0], w[1]);
+                s.spawn(move || parse_piece(chunk, from, to, cx))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a parser thread panicked"))
+            .collect()
+    })
+}
+
+/// Parse the lines of `chunk[from..to]` (`to` just after a newline).
+fn parse_piece(chunk: &[u8], from: usize, to: usize, cx: &ParseCtx<'_>) -> Piece {
+    let mut piece = Piece {
+        nls: Vec::new(),
+        parsed: Vec::new(),
+        data: Vec::with_capacity((to - from) / 2),
+    };
+    // One event reused for every line: only its time and payload change.
+    let mut slot: Option<NewEvent> = None;
+    let mut start = from;
+    for nl in memchr::memchr_iter(b'\n', &chunk[from..to]) {
+        let nl = from + nl;
+        let line = &chunk[start..nl];
+        start = nl + 1;
+        piece.nls.push(nl);
+        if line::is_blank(line) {
+            piece.parsed.push(Parsed::Blank);
+            continue;
+        }
+        if line.len() > cx.max_line {
+            piece.parsed.push(Parsed::Bad(format!(
+                "line is {} bytes, over the {}-byte limit",
+                line.len(),
+                cx.max_line
+            )));
+            continue;
+        }
+        let ev = match line::parse_line(line, Some(cx.exp)) {
+            Ok((_, ev)) => ev,
+            Err(e) => {
+                piece.parsed.push(Parsed::Bad(e.reason));
+                continue;
+            }
+        };
+        let appended = (cx.now != ev.time).then_some(cx.now);
+        let slot = match &mut slot {
+            Some(s) => {
+                s.time = ev.time;
+                s.appended = appended;
+                s.payload = ev.payload;
+                s
+            }
+            None => slot.insert(NewEvent {
+                time: ev.time,
+                appended,
+                source: cx.source.clone(),
+                payload: ev.payload,
+            }),
+        };
+        let a = piece.data.len();
+        codec::encode_into(slot, &mut piece.data);
+        let b = piece.data.len();
+        if b - a > cx.max_record {
+            piece.data.truncate(a);
+            piece.parsed.push(Parsed::Bad(format!(
+                "the event would be {} bytes, over the log's {}-byte record limit",
+                b - a,
+                cx.max_record
+            )));
+        } else {
+            piece.parsed.push(Parsed::Event(a, b));
+        }
+    }
+    piece
 }
 
 /// Ingests one file into a store; the synchronous core that [`Follower`] drives.
@@ -324,7 +514,8 @@ pub struct Ingester {
     source: Source,
     sink: Sink,
     totals: Totals,
-    buf: Vec<u8>,
+    /// Threads that parse a big chunk.
+    threads: usize,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -389,7 +580,7 @@ impl Ingester {
             warned_unminted: false,
             sink: Box::new(|n| tracing::warn!("{n}")),
             totals: Totals::default(),
-            buf: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         };
         if let Some(found) = ing.catch_up()? {
             ing.adopt(found, false);
@@ -578,16 +769,7 @@ impl Ingester {
             self.tail_len = Some(0);
             self.totals.generations += 1;
             // Say so in the log: the generation starts at offset 0 of this file.
-            let batch = Batch {
-                payloads: Vec::new(),
-                events: 0,
-                lines: 0,
-                rejected: 0,
-                end: 0,
-                tail: 0,
-                tail_len: 0,
-            };
-            self.commit(batch, out)?;
+            self.commit(Batch::new(0), out)?;
         }
         if let Some(of) = self.file.as_mut() {
             of.checked = true;
@@ -663,41 +845,50 @@ impl Ingester {
         }
         self.check_minted();
         let chunk = self.opts.read_chunk.max(4096);
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.read_loop(&mut buf, chunk, last, out);
-        self.buf = buf;
-        result
+        self.read_loop(chunk, last, out)
     }
 
-    fn read_loop(
-        &mut self,
-        buf: &mut Vec<u8>,
-        chunk: usize,
-        last: bool,
-        out: &mut PollOutcome,
-    ) -> Result<bool> {
+    fn read_loop(&mut self, chunk: usize, last: bool, out: &mut PollOutcome) -> Result<bool> {
         let max_line = self.opts.max_line_bytes;
         let max_record = self.store.log().options().max_record as usize;
         let exp = self.exp.clone().expect("known by now");
+        let source = self.source.clone();
+        let threads = self.threads;
+        let path = self.opts.path.clone();
+        // A handle of our own, so the next chunk can be read while this one is committed.
+        let file = self
+            .file
+            .as_ref()
+            .expect("open")
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("dup", &path, e))?;
         let mut want = chunk;
+        let mut next: Option<Prepared> = None;
         loop {
             let at = self.pos.offset;
-            buf.resize(want, 0);
-            let n = {
-                let of = self.file.as_ref().expect("open");
-                read_full_at(&of.file, buf, at)
-                    .map_err(|e| Error::io("read", &self.opts.path, e))?
+            let cx = ParseCtx {
+                exp: &exp,
+                source: &source,
+                now: Timestamp::now(),
+                max_line,
+                max_record,
             };
-            buf.truncate(n);
+            let p = match next.take() {
+                Some(p) if p.at == at => p,
+                _ => prepare(&file, at, want, &cx, threads)
+                    .map_err(|e| Error::io("read", &path, e))?,
+            };
+            let n = p.buf.len();
             if n == 0 {
                 out.pending_bytes = 0;
                 return Ok(false);
             }
-            let Some(last_nl) = memchr::memrchr(b'\n', buf) else {
+            let Some(last_nl) = p.last_nl else {
                 // No complete line in what was read.
-                if n == want && n <= max_line {
+                if n == p.want && n <= max_line {
                     // A long line: read more of it.
-                    want = want.saturating_mul(2);
+                    want = p.want.saturating_mul(2);
                     continue;
                 }
                 if n > max_line {
@@ -710,7 +901,7 @@ impl Ingester {
                 out.pending_bytes = n as u64;
                 if last {
                     let n = Notice::IncompleteLine {
-                        path: self.opts.path.clone(),
+                        path: path.clone(),
                         line: self.pos.line + 1,
                         offset: at,
                         bytes: n as u64,
@@ -719,113 +910,88 @@ impl Ingester {
                 }
                 return Ok(false);
             };
+            let more = n == p.want;
             want = chunk;
-            let complete = &buf[..=last_nl];
-            let mut batch = Batch {
-                payloads: Vec::new(),
-                events: 0,
-                lines: 0,
-                rejected: 0,
-                end: at,
-                tail: 0,
-                tail_len: 0,
-            };
-            let mut start = 0usize;
-            for nl in memchr::memchr_iter(b'\n', complete) {
-                let line = &complete[start..nl];
+            let next_at = at + last_nl as u64 + 1;
+            // Commit this chunk while the next one is read and parsed.
+            let (committed, prepared) = std::thread::scope(|s| {
+                let reader = more.then(|| s.spawn(|| prepare(&file, next_at, chunk, &cx, threads)));
+                let committed = self.merge_and_commit(&p, last_nl, out);
+                let prepared = reader.map(|h| h.join().expect("the reader thread panicked"));
+                (committed, prepared)
+            });
+            if !committed? {
+                return Ok(true);
+            }
+            if let Some(prepared) = prepared {
+                next = Some(prepared.map_err(|e| Error::io("read", &path, e))?);
+                continue;
+            }
+            // A short read: that was the end of the file. What follows the last newline is
+            // re-read next time.
+            let rest = (n - (last_nl + 1)) as u64;
+            out.pending_bytes = rest;
+            if rest > 0 && last {
+                let n = Notice::IncompleteLine {
+                    path: path.clone(),
+                    line: self.pos.line + 1,
+                    offset: self.pos.offset,
+                    bytes: rest,
+                };
+                self.notice(n);
+            }
+            return Ok(false);
+        }
+    }
+
+    /// Turn a prepared chunk's lines into batches, report its bad lines, and append. False when
+    /// another ingest advanced the file first.
+    fn merge_and_commit(
+        &mut self,
+        p: &Prepared,
+        last_nl: usize,
+        out: &mut PollOutcome,
+    ) -> Result<bool> {
+        let at = p.at;
+        let complete = &p.buf[..=last_nl];
+        let mut batch = Batch::new(at);
+        let mut start = 0usize;
+        for piece in &p.pieces {
+            for (parsed, &nl) in piece.parsed.iter().zip(&piece.nls) {
                 let lineno = self.pos.line + batch.lines + 1;
                 batch.lines += 1;
-                if !line::is_blank(line) {
-                    let parsed = if line.len() > max_line {
-                        Err(format!(
-                            "line is {} bytes, over the {max_line}-byte limit",
-                            line.len()
-                        ))
-                    } else {
-                        match line::parse_line(line, Some(&exp)) {
-                            Ok((_, ev)) => {
-                                let new = NewEvent::at(ev.time, self.source.clone(), ev.payload);
-                                let p = codec::encode(&new);
-                                if p.len() > max_record {
-                                    Err(format!(
-                                        "the event would be {} bytes, over the log's {max_record}-byte record limit",
-                                        p.len()
-                                    ))
-                                } else {
-                                    Ok(p)
-                                }
-                            }
-                            Err(e) => Err(e.reason),
-                        }
-                    };
-                    match parsed {
-                        Ok(p) => {
-                            batch.payloads.push(p);
-                            batch.events += 1;
-                        }
-                        Err(reason) => {
-                            batch.rejected += 1;
-                            let n = Notice::Rejected {
-                                path: self.opts.path.clone(),
-                                line: lineno,
-                                reason,
-                            };
-                            self.notice(n);
-                        }
+                match parsed {
+                    Parsed::Blank => {}
+                    Parsed::Event(a, b) => batch.push(&piece.data[*a..*b]),
+                    Parsed::Bad(reason) => {
+                        batch.rejected += 1;
+                        let n = Notice::Rejected {
+                            path: self.opts.path.clone(),
+                            line: lineno,
+                            reason: reason.clone(),
+                        };
+                        self.notice(n);
                     }
                 }
                 batch.end = at + nl as u64 + 1;
                 batch.tail_len = (nl + 1 - start) as u64;
                 start = nl + 1;
-                if batch.payloads.len() >= self.opts.max_batch_events {
-                    let tail = &complete[(nl + 1 - batch.tail_len as usize)..=nl];
-                    batch.tail = line_hash(tail);
-                    let full = std::mem::replace(
-                        &mut batch,
-                        Batch {
-                            payloads: Vec::new(),
-                            events: 0,
-                            lines: 0,
-                            rejected: 0,
-                            end: 0,
-                            tail: 0,
-                            tail_len: 0,
-                        },
-                    );
+                if batch.events() as usize >= self.opts.max_batch_events {
+                    batch.tail = line_hash(&complete[start - batch.tail_len as usize..start]);
+                    let full = std::mem::replace(&mut batch, Batch::new(at + start as u64));
                     if !self.commit(full, out)? {
-                        return Ok(true);
+                        return Ok(false);
                     }
-                    batch.end = self.pos.offset;
                 }
             }
-            if batch.lines > 0 {
-                let tail = &complete[(complete.len() - batch.tail_len as usize)..];
-                batch.tail = line_hash(tail);
-                if !self.commit(batch, out)? {
-                    return Ok(true);
-                }
-            }
-            if n < want {
-                // Short read: that was the end of the file; what follows the last newline is
-                // re-read next time.
-                let rest = (n - (last_nl + 1)) as u64;
-                if rest > 0 {
-                    out.pending_bytes = rest;
-                    if last {
-                        let n = Notice::IncompleteLine {
-                            path: self.opts.path.clone(),
-                            line: self.pos.line + 1,
-                            offset: self.pos.offset,
-                            bytes: rest,
-                        };
-                        self.notice(n);
-                    }
-                } else {
-                    out.pending_bytes = 0;
-                }
+        }
+        if batch.lines > 0 {
+            batch.tail = line_hash(&complete[start - batch.tail_len as usize..start]);
+            if !self.commit(batch, out)? {
                 return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// A line longer than the limit starts at `at`: find its newline and consume it as a
@@ -853,16 +1019,11 @@ impl Ingester {
                     ),
                 };
                 self.notice(n);
-                let batch = Batch {
-                    payloads: Vec::new(),
-                    events: 0,
-                    lines: 1,
-                    rejected: 1,
-                    end,
-                    // Over-long lines are not hashed; the check falls back to the newline.
-                    tail: 0,
-                    tail_len: len,
-                };
+                let mut batch = Batch::new(end);
+                batch.lines = 1;
+                batch.rejected = 1;
+                // Over-long lines are not hashed; the check falls back to the newline.
+                batch.tail_len = len;
                 return self.commit(batch, out);
             }
             scan += n as u64;
@@ -908,7 +1069,7 @@ impl Ingester {
 
     /// Append the batch's events and the new position, atomically, unless another ingest of the
     /// same file got there first (then adopt its position and return false).
-    fn commit(&mut self, mut batch: Batch, out: &mut PollOutcome) -> Result<bool> {
+    fn commit(&mut self, batch: Batch, out: &mut PollOutcome) -> Result<bool> {
         let Some(exp) = self.exp.clone() else {
             return Ok(true);
         };
@@ -929,26 +1090,33 @@ impl Ingester {
             line: pos.line,
             rejected: pos.rejected,
         };
-        batch.payloads.push(codec::encode(&NewEvent::now(
+        let adv = codec::encode(&NewEvent::now(
             self.source.clone(),
             Payload::IngestAdvanced(adv),
-        )));
+        ));
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(batch.ends.len() + 1);
+        let mut a = 0;
+        for &b in &batch.ends {
+            parts.push(&batch.data[a..b]);
+            a = b;
+        }
+        parts.push(&adv);
         let mut w = self.store.writer()?;
         if let Some(theirs) = self.catch_up()? {
             drop(w);
             self.adopt(theirs, true);
             return Ok(false);
         }
-        let r = w.append(&batch.payloads)?;
+        let r = w.append(&parts)?;
         drop(w);
         self.own.push((r.first_seq, r.last_seq));
         self.pos = pos;
         self.tail_len = Some(batch.tail_len);
-        self.totals.events += batch.events;
+        self.totals.events += batch.events();
         self.totals.lines += batch.lines;
         self.totals.rejected += batch.rejected;
         self.totals.batches += 1;
-        out.events += batch.events;
+        out.events += batch.events();
         out.lines += batch.lines;
         out.rejected += batch.rejected;
         out.last_seq = Some(r.last_seq);

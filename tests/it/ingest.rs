@@ -756,3 +756,106 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     );
     assert!(cycles >= 10, "only {cycles} kill cycles ran");
 }
+
+/// A big file goes through the parallel parser, several read chunks and batches split in the
+/// middle of a piece: order, line numbers and the final position must be those of the file.
+#[test]
+fn big_file_in_parallel_pieces_keeps_order_and_line_numbers() {
+    let p = Project::new();
+    let m = p.metrics();
+    let mut text = String::new();
+    let mut bad_lines = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..6000u64 {
+        let lineno = i + 1;
+        if i % 211 == 7 {
+            text.push_str("{broken\n");
+            bad_lines.push(lineno);
+        } else if i % 307 == 11 {
+            text.push('\n');
+        } else {
+            text.push_str(&epoch_line(i, "0.25"));
+            want.push(i);
+        }
+    }
+    fs::write(&m, &text).unwrap();
+    let mut opts = IngestOptions::new(&m, Some(exp()));
+    opts.read_chunk = 1 << 20;
+    opts.max_batch_events = 700;
+    let mut ing = Ingester::open(p.store.clone(), opts).unwrap();
+    let n = collecting(&mut ing);
+    let o = ing.poll(true).unwrap();
+    assert!(
+        text.len() > 3 << 19,
+        "several 1 MiB chunks, each parsed in parallel pieces"
+    );
+    assert_eq!(o.events as usize, want.len());
+    assert_eq!(epochs(&p.store), want);
+    let rejected: Vec<u64> = n
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|x| match x {
+            Notice::Rejected { line, .. } => Some(*line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, bad_lines);
+    let adv = advances(&p.store);
+    assert!(adv.len() >= 9, "{} batches", adv.len());
+    let last = adv.last().unwrap();
+    assert_eq!((last.offset, last.line), (text.len() as u64, 6000));
+    assert_eq!(last.rejected, bad_lines.len() as u64);
+    // Every batch boundary is a line boundary with the right line count.
+    for a in &adv {
+        let prefix = &text[..a.offset as usize];
+        assert!(prefix.is_empty() || prefix.ends_with('\n'));
+        assert_eq!(prefix.matches('\n').count() as u64, a.line);
+    }
+}
+
+#[test]
+fn over_long_lines_are_rejected_and_skipped() {
+    let p = Project::new();
+    let m = p.metrics();
+    let long_in_chunk = format!("{{\"pad\": \"{}\"}}\n", "x".repeat(1500));
+    let longer_than_a_read = format!("{{\"pad\": \"{}\"}}\n", "y".repeat(20_000));
+    fs::write(
+        &m,
+        epoch_line(0, "1.0") + &long_in_chunk + &epoch_line(1, "0.9") + &longer_than_a_read,
+    )
+    .unwrap();
+    let opts = || {
+        let mut o = IngestOptions::new(&m, Some(exp()));
+        o.max_line_bytes = 1000;
+        o.read_chunk = 4096;
+        o
+    };
+    let mut ing = Ingester::open(p.store.clone(), opts()).unwrap();
+    let n = collecting(&mut ing);
+    let o = ing.poll(true).unwrap();
+    assert_eq!((o.events, o.rejected, o.lines), (2, 2, 4));
+    let reasons: Vec<(u64, String)> = n
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|x| match x {
+            Notice::Rejected { line, reason, .. } => Some((*line, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, 2);
+    assert!(
+        reasons[0].1.contains("over the 1000-byte limit"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, 4);
+    // The position after an over-long line survives a restart, and the file goes on.
+    append(&m, &epoch_line(2, "0.8"));
+    let mut again = Ingester::open(p.store.clone(), opts()).unwrap();
+    let n2 = collecting(&mut again);
+    assert_eq!(again.poll(true).unwrap().events, 1);
+    assert!(generations(&n2).is_empty(), "{:?}", n2.lock().unwrap());
+    assert_eq!(epochs(&p.store), vec![0, 1, 2]);
+}
