@@ -29,7 +29,7 @@ pub const LINE_KINDS: [&str; 4] = [
 /// `config` are optional zolog extensions a trainer may add.
 #[derive(Deserialize)]
 struct RawLine<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_timestamp")]
     timestamp: Option<Timestamp>,
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
@@ -103,15 +103,37 @@ pub fn is_blank(line: &[u8]) -> bool {
 ///
 /// Returns the experiment the line names (or `exp`) with the event.
 pub fn parse_line(bytes: &[u8], exp: Option<&ExpId>) -> Result<(ExpId, LineEvent), LineReject> {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t.trim_end_matches('\r'),
-        Err(e) => return reject(format!("not UTF-8 text ({e})")),
-    };
-    let text = normalize_nonfinite(text);
-    let raw: RawLine<'_> = match serde_json::from_str(&text) {
-        Ok(r) => r,
-        Err(_) => return reject(explain(&text)),
-    };
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if has_nonfinite_token(bytes) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => return reject(format!("not UTF-8 text ({e})")),
+        };
+        let text = normalize_nonfinite(text);
+        match serde_json::from_str::<RawLine<'_>>(&text) {
+            Ok(raw) => build(raw, exp),
+            Err(_) => reject(explain(&text)),
+        }
+    } else {
+        match serde_json::from_slice::<RawLine<'_>>(bytes) {
+            Ok(raw) => build(raw, exp),
+            Err(_) => match std::str::from_utf8(bytes) {
+                Ok(text) => reject(explain(text)),
+                Err(e) => reject(format!("not UTF-8 text ({e})")),
+            },
+        }
+    }
+}
+
+/// Could the line hold a bare `NaN`, `Infinity` or `-Infinity`? One SIMD pass over the bytes.
+fn has_nonfinite_token(bytes: &[u8]) -> bool {
+    memchr::memchr2_iter(b'N', b'I', bytes).any(|i| {
+        let rest = &bytes[i..];
+        rest.starts_with(b"NaN") || rest.starts_with(b"Infinity")
+    })
+}
+
+fn build(raw: RawLine<'_>, exp: Option<&ExpId>) -> Result<(ExpId, LineEvent), LineReject> {
     let Some(event) = raw.event.as_deref() else {
         return reject(format!(
             "missing field `event` (one of {})",
@@ -205,6 +227,94 @@ pub fn parse_line(bytes: &[u8], exp: Option<&ExpId>) -> Result<(ExpId, LineEvent
         _ => unreachable!("checked against LINE_KINDS"),
     };
     Ok((experiment_id, LineEvent { time, payload }))
+}
+
+/// `timestamp`: the reference's form (`2026-11-24T09:50:05.866809+00:00`) parsed directly, any
+/// other through [`Timestamp::parse`].
+fn de_timestamp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    let Some(s) = Option::<Cow<'de, str>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(t) = fast_timestamp(&s) {
+        return Ok(Some(t));
+    }
+    Timestamp::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}][Z|+00:00]` (no offset = UTC, as [`Timestamp::parse`] takes it),
+/// years 1678 to 2261 (inside the nanosecond range); `None` for anything else, which then goes
+/// to the general parser.
+pub fn fast_timestamp(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1678..=2261).contains(&y) || !(1..=12).contains(&mo) || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if d < 1 || d > dim[(mo - 1) as usize] {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        frac = num(start..i)? * 10i64.pow((9 - digits) as u32);
+    }
+    match &b[i..] {
+        b"" | b"Z" | b"+00:00" => {}
+        _ => return None,
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    Some(Timestamp::from_nanos(
+        secs.checked_mul(1_000_000_000)?.checked_add(frac)?,
+    ))
 }
 
 /// The reason of a `checkpoint_saved` line that does not give one: `fold` when it names a fold,
@@ -343,6 +453,49 @@ mod tests {
         assert_eq!(c.reason, CheckpointReason::Manual);
         assert_eq!(c.state_keys, vec!["epoch".to_owned()]);
         assert_eq!(c.experiment_id, exp());
+    }
+
+    #[test]
+    fn fast_timestamps_equal_the_general_parser() {
+        let mut cases: Vec<String> = Vec::new();
+        for (y, m, d) in [
+            (1970, 1, 1),
+            (1969, 12, 31),
+            (2000, 2, 29),
+            (2024, 2, 29),
+            (2026, 11, 24),
+            (2100, 3, 1),
+            (1678, 1, 1),
+            (2261, 12, 31),
+        ] {
+            for frac in ["", ".8", ".866809", ".123456789"] {
+                for tz in ["", "Z", "+00:00"] {
+                    cases.push(format!("{y:04}-{m:02}-{d:02}T23:59:59{frac}{tz}"));
+                    cases.push(format!("{y:04}-{m:02}-{d:02}T00:00:00{frac}{tz}"));
+                }
+            }
+        }
+        for s in &cases {
+            assert_eq!(fast_timestamp(s), Some(Timestamp::parse(s).unwrap()), "{s}");
+        }
+        // Not the fast form: left to the general parser.
+        for s in [
+            "2023-02-29T00:00:00Z",
+            "2026-11-24T09:50:05.866809+01:00",
+            "2026-11-24 09:50:05",
+            "2026-11-24T24:00:00Z",
+            "2026-11-24T09:50:05.1234567890Z",
+            "2026-11-24T09:50:05.Z",
+            "1600-01-01T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-24T09:50:05+00:00x",
+        ] {
+            assert_eq!(fast_timestamp(s), None, "{s}");
+        }
+        assert_eq!(
+            Timestamp::parse("2026-11-24T09:50:05.866809+01:00").unwrap(),
+            Timestamp::parse("2026-11-24T08:50:05.866809Z").unwrap()
+        );
     }
 
     #[test]
