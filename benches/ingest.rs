@@ -268,8 +268,8 @@ fn follow(n: usize, use_notify: bool) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful: run small.
-    let quick = std::env::args().any(|a| a == "--test");
+    // `cargo bench` passes --bench; anything else (`cargo test --benches`) gets a quick run.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let lines = env_usize("ZOLOG_BENCH_LINES", if quick { 10_000 } else { 1_000_000 });
     let runs = env_usize("ZOLOG_BENCH_RUNS", if quick { 1 } else { 3 });
     let follow_n = env_usize("ZOLOG_BENCH_FOLLOW", if quick { 50 } else { 1000 });

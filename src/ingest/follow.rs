@@ -137,7 +137,10 @@ fn start_watch(path: &Path, wake: &Arc<Notify>) -> Option<Watch> {
 }
 
 impl Follower {
-    pub fn new(ingester: Ingester, opts: FollowOptions) -> Follower {
+    /// A follower of `ingester`'s file. A failed projection refresh is reported, not fatal,
+    /// while following.
+    pub fn new(mut ingester: Ingester, opts: FollowOptions) -> Follower {
+        ingester.options_mut().tolerate_refresh_errors = true;
         let (status, _) = watch::channel(FollowStatus {
             position: Some(ingester.position().clone()),
             ..FollowStatus::default()

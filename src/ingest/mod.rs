@@ -54,6 +54,10 @@ pub struct IngestOptions {
     pub read_chunk: usize,
     /// Longest line accepted; a longer one is rejected (and skipped).
     pub max_line_bytes: usize,
+    /// When refreshing the projections fails after an append (the events are durable either
+    /// way): false, the error ends the poll; true, it is reported as [`Notice::RefreshFailed`]
+    /// and ingest goes on. [`Follower`] sets it.
+    pub tolerate_refresh_errors: bool,
 }
 
 impl IngestOptions {
@@ -64,6 +68,7 @@ impl IngestOptions {
             max_batch_events: 8192,
             read_chunk: 4 << 20,
             max_line_bytes: 8 << 20,
+            tolerate_refresh_errors: false,
         }
     }
 }
@@ -210,6 +215,8 @@ pub enum Notice {
     NoExperiment { path: PathBuf },
     /// The experiment was never minted in this store (the events are ingested anyway).
     UnmintedExperiment { experiment: ExpId },
+    /// Refreshing the projections failed after an append (the events are durable).
+    RefreshFailed { error: String },
 }
 
 impl std::fmt::Display for Notice {
@@ -255,6 +262,10 @@ impl std::fmt::Display for Notice {
                 f,
                 "experiment {experiment} was never minted in this store; ingesting its events anyway"
             ),
+            Notice::RefreshFailed { error } => write!(
+                f,
+                "the events are appended, but refreshing the projections failed: {error}"
+            ),
         }
     }
 }
@@ -291,8 +302,6 @@ type Sink = Box<dyn FnMut(&Notice) + Send>;
 struct OpenFile {
     file: File,
     id: FileId,
-    /// Whether the file was checked against the recorded position since it was opened.
-    checked: bool,
 }
 
 /// The events of one read, waiting to be appended.
@@ -619,6 +628,10 @@ impl Ingester {
         self.totals
     }
 
+    pub fn options_mut(&mut self) -> &mut IngestOptions {
+        &mut self.opts
+    }
+
     fn notice(&mut self, n: Notice) {
         (self.sink)(&n);
     }
@@ -692,7 +705,6 @@ impl Ingester {
                         self.file = Some(OpenFile {
                             file,
                             id: FileId::of(&meta),
-                            checked: false,
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -770,9 +782,6 @@ impl Ingester {
             self.totals.generations += 1;
             // Say so in the log: the generation starts at offset 0 of this file.
             self.commit(Batch::new(0), out)?;
-        }
-        if let Some(of) = self.file.as_mut() {
-            of.checked = true;
         }
         Ok(())
     }
@@ -910,6 +919,15 @@ impl Ingester {
                 }
                 return Ok(false);
             };
+            // Truncated while we read? Then what was read may mix two contents: drop it and
+            // start over (the generation check then sees the shrink or the rewrite).
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            if size < at + n as u64 {
+                return Ok(true);
+            }
             let more = n == p.want;
             want = chunk;
             let next_at = at + last_nl as u64 + 1;
@@ -1120,7 +1138,14 @@ impl Ingester {
         out.lines += batch.lines;
         out.rejected += batch.rejected;
         out.last_seq = Some(r.last_seq);
-        crate::project::refresh(&self.store)?;
+        if let Err(e) = crate::project::refresh(&self.store) {
+            if !self.opts.tolerate_refresh_errors {
+                return Err(e);
+            }
+            self.notice(Notice::RefreshFailed {
+                error: e.to_string(),
+            });
+        }
         Ok(true)
     }
 }

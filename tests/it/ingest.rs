@@ -859,3 +859,51 @@ fn over_long_lines_are_rejected_and_skipped() {
     assert!(generations(&n2).is_empty(), "{:?}", n2.lock().unwrap());
     assert_eq!(epochs(&p.store), vec![0, 1, 2]);
 }
+
+/// With inotify: lines, then the trainer restarts and replaces the file (rename over it), then
+/// more lines. The follower drains the old file, takes the new one as a new generation.
+#[test]
+fn follow_with_inotify_sees_a_replaced_file() {
+    let p = Project::new();
+    let m = p.metrics();
+    append(&m, &epoch_line(0, "1.0"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ing = open(&p);
+    let notices = collecting(&mut ing);
+    rt.block_on(async {
+        let follower = Follower::new(ing, FollowOptions::default());
+        let status = follower.status();
+        let follower_status = follower.status();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(follower.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let wait = |n: u64| {
+            let mut s = status.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), s.wait_for(|s| s.events >= n))
+                    .await
+                    .expect("events within 20 s")
+                    .unwrap();
+            }
+        };
+        wait(1).await;
+        assert!(follower_status.borrow().notify_active);
+        append(&m, &epoch_line(1, "0.9"));
+        wait(2).await;
+        replace(&m, &(epoch_line(0, "2.0") + &epoch_line(1, "1.9")));
+        wait(4).await;
+        append(&m, &epoch_line(2, "1.8"));
+        wait(5).await;
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+    assert_eq!(epochs(&p.store), vec![0, 1, 0, 1, 2]);
+    assert!(matches!(
+        generations(&notices)[..],
+        [NewGenerationReason::Replaced { .. }]
+    ));
+}
