@@ -35,8 +35,8 @@ struct RawLine<'a> {
     event: Option<Cow<'a, str>>,
     #[serde(default)]
     experiment_id: Option<ExpId>,
-    #[serde(default)]
-    experiment_name: Option<String>,
+    #[serde(default, borrow)]
+    experiment_name: Option<Cow<'a, str>>,
     #[serde(default)]
     epoch: Option<i64>,
     #[serde(default)]
@@ -51,8 +51,9 @@ struct RawLine<'a> {
     wall_time_seconds: Option<f64>,
     #[serde(default, with = "opt_float")]
     gpu_memory_mb: Option<f64>,
+    /// Only `training_start` keeps it (parsed again by [`ConfigOnly`]); skipped otherwise.
     #[serde(default)]
-    config: Option<serde_json::Value>,
+    config: Option<serde::de::IgnoredAny>,
     // zolog extensions.
     #[serde(default)]
     step: Option<u64>,
@@ -72,6 +73,13 @@ struct RawLine<'a> {
     pid: Option<u32>,
     #[serde(default)]
     host: Option<String>,
+}
+
+/// The `config` of a `training_start` line (the only kind that keeps it).
+#[derive(Deserialize)]
+struct ConfigOnly {
+    #[serde(default)]
+    config: Option<serde_json::Value>,
 }
 
 /// A line turned into an event: its time (the line's `timestamp`) and payload.
@@ -111,12 +119,12 @@ pub fn parse_line(bytes: &[u8], exp: Option<&ExpId>) -> Result<(ExpId, LineEvent
         };
         let text = normalize_nonfinite(text);
         match serde_json::from_str::<RawLine<'_>>(&text) {
-            Ok(raw) => build(raw, exp),
+            Ok(raw) => build(raw, text.as_bytes(), exp),
             Err(_) => reject(explain(&text)),
         }
     } else {
         match serde_json::from_slice::<RawLine<'_>>(bytes) {
-            Ok(raw) => build(raw, exp),
+            Ok(raw) => build(raw, bytes, exp),
             Err(_) => match std::str::from_utf8(bytes) {
                 Ok(text) => reject(explain(text)),
                 Err(e) => reject(format!("not UTF-8 text ({e})")),
@@ -133,7 +141,11 @@ fn has_nonfinite_token(bytes: &[u8]) -> bool {
     })
 }
 
-fn build(raw: RawLine<'_>, exp: Option<&ExpId>) -> Result<(ExpId, LineEvent), LineReject> {
+fn build(
+    raw: RawLine<'_>,
+    json: &[u8],
+    exp: Option<&ExpId>,
+) -> Result<(ExpId, LineEvent), LineReject> {
     let Some(event) = raw.event.as_deref() else {
         return reject(format!(
             "missing field `event` (one of {})",
@@ -172,13 +184,20 @@ fn build(raw: RawLine<'_>, exp: Option<&ExpId>) -> Result<(ExpId, LineEvent), Li
                 Some(t) if t < 0 => return reject(format!("`total_epochs` is {t}, below 0")),
                 t => t.map(|t| t as u64),
             };
+            let config = match raw.config {
+                None => serde_json::Value::Null,
+                Some(_) => match serde_json::from_slice::<ConfigOnly>(json) {
+                    Ok(c) => c.config.unwrap_or_default(),
+                    Err(e) => return reject(format!("field `config`: {e}")),
+                },
+            };
             Payload::TrainingStarted(TrainingStarted {
                 experiment_id: experiment_id.clone(),
-                experiment_name: raw.experiment_name,
+                experiment_name: raw.experiment_name.map(Cow::into_owned),
                 pid: raw.pid,
                 host: raw.host,
                 total_epochs,
-                config: Json(raw.config.unwrap_or_default()),
+                config: Json(config),
             })
         }
         "epoch_end" => {
@@ -415,6 +434,29 @@ mod tests {
         assert_eq!(m[3], ("val_acc".to_owned(), 0.5));
         assert_eq!(e.learning_rate, Some(0.001));
         assert_eq!(e.gpu_memory_mb, None);
+    }
+
+    #[test]
+    fn training_start_keeps_name_and_config() {
+        let line = format!(
+            r#"{{{TS},"event":"training_start","experiment_id":"exp-001","experiment_name":"r\u00e9snet","epoch":null,"total_epochs":30,"metrics":{{}},"config":{{"lr":0.1,"scheduler":"cosine","clip":NaN}}}}"#
+        );
+        let Payload::TrainingStarted(t) = ok(&line) else {
+            panic!()
+        };
+        assert_eq!(t.experiment_name.as_deref(), Some("résnet"));
+        assert_eq!(t.total_epochs, Some(30));
+        assert_eq!(t.config.0["scheduler"], "cosine");
+        assert_eq!(t.config.0["clip"], "NaN");
+        let null = format!(r#"{{{TS},"event":"training_start","config":null}}"#);
+        let Payload::TrainingStarted(t) = ok(&null) else {
+            panic!()
+        };
+        assert_eq!(t.config.0, serde_json::Value::Null);
+        bad(
+            &format!(r#"{{{TS},"event":"training_start","total_epochs":-2}}"#),
+            "below 0",
+        );
     }
 
     #[test]

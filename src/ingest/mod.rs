@@ -539,30 +539,27 @@ impl std::fmt::Debug for Ingester {
 }
 
 /// The path an ingest of `path` records: relative to the store's project directory when it lies
-/// inside it, absolute otherwise (symbolic links in the directory resolved).
+/// inside it, absolute otherwise (symbolic links in its directory resolved, not in its name).
 pub fn key_path(store: &Store, path: &Path) -> Result<String> {
     let abs = absolute_resolved(path)?;
-    let project = absolute_resolved(store.project_dir())?;
+    let project = std::path::absolute(store.project_dir())
+        .map_err(|e| Error::io("resolve", store.project_dir(), e))?;
+    let project = project.canonicalize().unwrap_or(project);
     Ok(match abs.strip_prefix(&project) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel.to_string_lossy().into_owned(),
         _ => abs.to_string_lossy().into_owned(),
     })
 }
 
-/// `path` made absolute, with its directory canonicalized when it exists (the file itself may
-/// not exist yet).
+/// `path` made absolute, with its directory canonicalized when it exists. The file name is kept
+/// as given: the file may not exist yet, and a symbolic link (`last.pt` → `epoch_19.pt`) is
+/// recorded as the name the trainer uses.
 pub(crate) fn absolute_resolved(path: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))?;
-    if let Ok(c) = abs.canonicalize() {
-        return Ok(c);
-    }
-    match (abs.parent(), abs.file_name()) {
-        (Some(dir), Some(name)) => match dir.canonicalize() {
-            Ok(d) => Ok(d.join(name)),
-            Err(_) => Ok(abs),
-        },
-        _ => Ok(abs),
-    }
+    Ok(match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => dir.canonicalize().map_or(abs.clone(), |d| d.join(name)),
+        _ => abs.canonicalize().unwrap_or(abs),
+    })
 }
 
 impl Ingester {
