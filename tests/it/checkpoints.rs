@@ -445,3 +445,30 @@ fn resume_classical_takes_the_latest_search_state_and_completed_folds() {
     assert!(err.contains("study_t4.pkl: file missing"), "{err}");
     assert!(err.contains("fold1_retry.joblib: file changed"), "{err}");
 }
+
+#[test]
+fn a_symlinked_checkpoint_is_recorded_under_its_own_name() {
+    let p = Project::new();
+    fs::create_dir_all(p.dir.join("ck")).unwrap();
+    fs::write(p.dir.join("ck/e19.pt"), b"epoch 19").unwrap();
+    std::os::unix::fs::symlink("e19.pt", p.dir.join("ck/last.pt")).unwrap();
+    let (code, out, err) = run(
+        &p,
+        &[
+            "checkpoint",
+            "record",
+            "exp-001",
+            "--epoch",
+            "19",
+            "--path",
+            "ck/./last.pt",
+            "--reason",
+            "last",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["path"], "ck/last.pt");
+    assert_eq!(v["size_bytes"], 8);
+}
