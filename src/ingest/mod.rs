@@ -159,6 +159,7 @@ pub fn line_hash(line_with_newline: &[u8]) -> u64 {
 
 /// Why a new generation of the file was started.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NewGenerationReason {
     /// The path now names another file (a different device:inode).
     Replaced { old: FileId, new: FileId },
@@ -188,6 +189,7 @@ impl std::fmt::Display for NewGenerationReason {
 
 /// Things an ingest reports as it goes. None of them stops it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Notice {
     /// A bad line, skipped (and counted in `rejected`).
     Rejected {
