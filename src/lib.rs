@@ -4,10 +4,12 @@
 //! ([`log`]); projections fold the log into the files people and agents read. See ARCHITECTURE.md
 //! for the map and the invariants, docs/format.md for the bytes.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod event;
 pub mod exp;
+pub mod ingest;
 pub mod log;
 pub mod project;
 pub mod schema;

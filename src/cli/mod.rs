@@ -1,10 +1,12 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod checkpoint;
 mod exp;
+mod ingest;
 mod logcmd;
-mod schemacmd;
 mod projection;
+mod schemacmd;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -59,6 +61,12 @@ pub enum Command {
     Rebuild(projection::RebuildArgs),
     /// Turn a Python-layer registry.json into events (idempotent).
     Import(projection::ImportArgs),
+    /// Ingest a trainer's metrics.jsonl, exactly once; --follow keeps ingesting as it grows.
+    Ingest(ingest::IngestArgs),
+    /// Checkpoint cadence, recording, listing and verification.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// The checkpoint a restarted trainer should load; exit 0 if there is one, 1 if not.
+    Resume(checkpoint::ResumeArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -129,6 +137,9 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Note(a) => exp::note(ctx, a),
         Command::Rebuild(a) => projection::rebuild(ctx, a),
         Command::Import(a) => projection::import(ctx, a),
+        Command::Ingest(a) => ingest::ingest(ctx, a),
+        Command::Checkpoint(a) => checkpoint::run(ctx, a),
+        Command::Resume(a) => checkpoint::resume(ctx, a),
     }
 }
 

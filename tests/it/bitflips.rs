@@ -23,7 +23,10 @@ fn epoch_event(i: u64) -> NewEvent {
             step: Some(i * 100),
             metrics: metrics(&[
                 ("loss", 1.0 / (i as f64 + 1.0)),
-                ("val_loss", if i % 97 == 0 { f64::NAN } else { 0.5 }),
+                (
+                    "val_loss",
+                    if i.is_multiple_of(97) { f64::NAN } else { 0.5 },
+                ),
             ]),
             learning_rate: Some(1e-3),
             wall_time_seconds: None,

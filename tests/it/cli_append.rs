@@ -100,7 +100,10 @@ fn four_processes_appending_at_once_interleave_only_whole_batches() {
                 let out = child.wait_with_output().unwrap();
                 assert!(out.status.success());
                 let text = String::from_utf8(out.stdout).unwrap();
-                assert!(text.starts_with(&format!("appended {STREAM} event(s)")), "{text}");
+                assert!(
+                    text.starts_with(&format!("appended {STREAM} event(s)")),
+                    "{text}"
+                );
             })
         })
         .collect();
@@ -140,7 +143,11 @@ fn four_processes_appending_at_once_interleave_only_whole_batches() {
             assert_eq!(*t, (w, b, i0 + k), "batch {batch:?} interleaves");
         }
         if b < ATOMIC {
-            assert_eq!((i0, tags.len()), (0, ATOMIC_LEN), "an --atomic input is one batch");
+            assert_eq!(
+                (i0, tags.len()),
+                (0, ATOMIC_LEN),
+                "an --atomic input is one batch"
+            );
         } else {
             streamed_batches += 1;
         }
@@ -155,11 +162,7 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     let (_dir, root) = init_store();
     let store = Store::open(&root, StoreOptions::default()).unwrap();
     let held = store.writer().unwrap();
-    let holder = format!(
-        "pid {} on {}",
-        std::process::id(),
-        zolog::event::hostname()
-    );
+    let holder = format!("pid {} on {}", std::process::id(), zolog::event::hostname());
     let lock_file = std::fs::read_to_string(root.join("log/LOCK")).unwrap();
     assert!(lock_file.starts_with(&holder), "{lock_file}");
     let exe = std::env::current_exe().unwrap();
@@ -174,7 +177,10 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     let waited = started.elapsed();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("locked by {holder} ({exe_name}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("locked by {holder} ({exe_name}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("gave up after 400ms"), "{stderr}");
     assert!(waited >= Duration::from_millis(400), "it waited {waited:?}");
     // Nothing was appended.
@@ -199,12 +205,18 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     assert!(child.try_wait().unwrap().is_none(), "it waits for the lock");
     drop(held);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(store.events(1).unwrap().len(), 2);
 }
 
-const GOOD_1: &str = r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":0,"metrics":{"loss":NaN,"acc":0.5}}"#;
-const GOOD_2: &str = r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"ok"}"#;
+const GOOD_1: &str =
+    r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":0,"metrics":{"loss":NaN,"acc":0.5}}"#;
+const GOOD_2: &str =
+    r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"ok"}"#;
 
 /// Each bad line is reported with its line number and what is wrong with it (the field path where
 /// there is one); the good lines are appended; the exit status is non-zero.
@@ -254,7 +266,10 @@ fn bad_lines_are_reported_with_line_numbers_and_good_lines_appended() {
         assert_eq!(reported.len(), expect.len(), "{stderr}");
         for ((line, needles), got) in expect.iter().zip(&reported) {
             let prefix = format!("zolog: {name}:{line}");
-            assert!(got.starts_with(&prefix), "{got:?} should start with {prefix:?}");
+            assert!(
+                got.starts_with(&prefix),
+                "{got:?} should start with {prefix:?}"
+            );
             for n in *needles {
                 assert!(got.contains(n), "line {line}: {n:?} not in {got:?}");
             }

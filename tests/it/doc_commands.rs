@@ -31,12 +31,14 @@ fn invocations(line: &str) -> Vec<Vec<String>> {
         }
         if words.first().map(String::as_str) == Some("zolog") {
             out.push(words);
-        } else if words.len() >= 2 && words[0] == "cargo" && words[1] == "run" {
-            if let Some(dash) = words.iter().position(|w| w == "--") {
-                let mut args = vec!["zolog".to_owned()];
-                args.extend(words[dash + 1..].iter().cloned());
-                out.push(args);
-            }
+        } else if words.len() >= 2
+            && words[0] == "cargo"
+            && words[1] == "run"
+            && let Some(dash) = words.iter().position(|w| w == "--")
+        {
+            let mut args = vec!["zolog".to_owned()];
+            args.extend(words[dash + 1..].iter().cloned());
+            out.push(args);
         }
     }
     out

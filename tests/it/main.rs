@@ -1,11 +1,13 @@
 //! One integration-test binary (see ARCHITECTURE.md): every module below is a group of tests.
 
 mod bitflips;
+mod checkpoints;
 mod cli_append;
 mod common;
 mod doc_commands;
 mod exp_cli;
 mod fixture;
+mod ingest;
 mod kill9;
 mod log_faults;
 mod projections;
