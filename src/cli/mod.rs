@@ -1,6 +1,7 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod checkcmd;
 mod logcmd;
 
 use std::io::{self, Write};
@@ -46,6 +47,10 @@ pub enum Command {
     Verify(logcmd::VerifyArgs),
     /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
     Recover(logcmd::RecoverArgs),
+    /// Run the training checker on an experiment: follow the log, raise alerts, optionally kill.
+    Watch(checkcmd::WatchArgs),
+    /// Explain why an experiment's run ended, replaying the checker's decisions from the log.
+    Audit(checkcmd::AuditArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -111,6 +116,8 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Log(a) => logcmd::log(ctx, a),
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
+        Command::Watch(a) => checkcmd::watch(ctx, a),
+        Command::Audit(a) => checkcmd::audit(ctx, a),
     }
 }
 

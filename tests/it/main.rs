@@ -1,1 +1,2 @@
 //! One integration-test binary (see ARCHITECTURE.md).
+mod checker;
