@@ -538,14 +538,22 @@ impl Checker {
                 if self.slots[j].cur_sample != sample {
                     continue;
                 }
-                let (train_name, train) = (self.slots[j].name.clone(), self.slots[j].cur);
-                let s = &mut self.slots[i];
-                if let Some(o) = &mut s.overfit {
+                if i == j {
+                    continue;
+                }
+                let (val, train) = if i < j {
+                    let (a, b) = self.slots.split_at_mut(j);
+                    (&mut a[i], &b[0])
+                } else {
+                    let (a, b) = self.slots.split_at_mut(i);
+                    (&mut b[0], &a[j])
+                };
+                if let Some(o) = &mut val.overfit {
                     o.observe(
                         &self.cfg.overfit,
                         rearm,
-                        (&s.name, s.cur),
-                        (&train_name, train),
+                        (&val.name, val.cur),
+                        (&train.name, train.cur),
                         seq,
                         epoch,
                         &mut self.found,

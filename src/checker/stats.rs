@@ -7,12 +7,14 @@ use crate::event::Severity;
 
 /// The last `cap` values with their seqs; mean and population standard deviation in O(1).
 ///
-/// Sums are updated on push and recomputed exactly from the window every `cap` pushes, so rounding
-/// cannot drift over millions of samples (amortised O(1)).
+/// A ring buffer; sums are updated on push and recomputed exactly from the window every 8 × `cap`
+/// pushes, so rounding cannot drift over millions of samples (amortised O(1)).
 #[derive(Debug, Clone)]
 pub struct Window {
     cap: usize,
-    items: VecDeque<(f64, u64)>,
+    /// Oldest at `head` once full.
+    items: Vec<(f64, u64)>,
+    head: usize,
     sum: f64,
     sumsq: f64,
     since_exact: usize,
@@ -23,7 +25,8 @@ impl Window {
         let cap = cap.max(1) as usize;
         Window {
             cap,
-            items: VecDeque::with_capacity(cap + 1),
+            items: Vec::with_capacity(cap),
+            head: 0,
             sum: 0.0,
             sumsq: 0.0,
             since_exact: 0,
@@ -31,17 +34,18 @@ impl Window {
     }
 
     pub fn push(&mut self, v: f64, seq: u64) {
-        if self.items.len() == self.cap
-            && let Some((old, _)) = self.items.pop_front()
-        {
+        if self.items.len() < self.cap {
+            self.items.push((v, seq));
+        } else {
+            let old = std::mem::replace(&mut self.items[self.head], (v, seq)).0;
+            self.head = (self.head + 1) % self.cap;
             self.sum -= old;
             self.sumsq -= old * old;
         }
-        self.items.push_back((v, seq));
         self.sum += v;
         self.sumsq += v * v;
         self.since_exact += 1;
-        if self.since_exact >= self.cap {
+        if self.since_exact >= 8 * self.cap {
             self.since_exact = 0;
             self.sum = self.items.iter().map(|p| p.0).sum();
             self.sumsq = self.items.iter().map(|p| p.0 * p.0).sum();
@@ -74,12 +78,18 @@ impl Window {
         (self.sumsq / n - m * m).max(0.0).sqrt()
     }
 
+    /// Oldest first.
+    fn ordered(&self) -> impl Iterator<Item = &(f64, u64)> + '_ {
+        let (a, b) = self.items.split_at(self.head);
+        b.iter().chain(a)
+    }
+
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.items.iter().map(|p| p.1)
+        self.ordered().map(|p| p.1)
     }
 
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        self.items.iter().map(|p| p.0)
+        self.ordered().map(|p| p.0)
     }
 }
 

@@ -153,11 +153,7 @@ impl DeadLr {
             });
         }
 
-        let need = total
-            .map(|t| (cfg.constant_fraction * t as f64).ceil() as u64)
-            .unwrap_or(u64::from(cfg.constant_epochs))
-            .max(3);
-        let constant = schedule_configured && !self.changed && self.n >= need;
+        let constant = schedule_configured && !self.changed && self.n >= constant_need(cfg, total);
         if let Some(sev) = self
             .constant
             .update(constant.then_some(Severity::Warn), rearm)
@@ -169,7 +165,7 @@ impl DeadLr {
                 observed: metrics([(name, v), ("unchanged_epochs", self.n as f64)]),
                 thresholds: metrics([
                     ("constant_fraction", cfg.constant_fraction),
-                    ("constant_epochs", need as f64),
+                    ("constant_epochs", constant_need(cfg, total) as f64),
                 ]),
                 evidence: evidence(vec![self.first_seq, seq]),
                 message: format!(
@@ -180,6 +176,14 @@ impl DeadLr {
             });
         }
     }
+}
+
+/// Epochs without a change that make a configured schedule "never stepped".
+fn constant_need(cfg: &DeadLrConfig, total: Option<u64>) -> u64 {
+    total
+        .map(|t| (cfg.constant_fraction * t as f64).ceil() as u64)
+        .unwrap_or(u64::from(cfg.constant_epochs))
+        .max(3)
 }
 
 fn left_text(left: Option<f64>, total: Option<u64>) -> String {
