@@ -90,16 +90,21 @@ pub struct AuditReport {
     /// Every ending event of the last run, in log order.
     pub endings: Vec<Ending>,
     pub kill: Option<KillAudit>,
+    /// Stop alerts of the last run that no kill cites (a vanished trainer, or a watch without
+    /// --kill), each replayed like a kill's.
+    pub stop_alerts: Vec<AlertAudit>,
     /// Every alert raised for the experiment: (seq, rule, severity, epoch).
     pub alerts: Vec<(u64, String, Severity, Option<u64>)>,
 }
 
 impl AuditReport {
-    /// Was every alert behind a kill reproduced by its replay?
+    /// Was every stop decision (the alerts behind a kill, and other stop alerts) reproduced by
+    /// its replay?
     pub fn decisions_reproduced(&self) -> bool {
         self.kill
             .as_ref()
             .is_none_or(|k| k.alerts.iter().all(|a| a.replay.reproduced))
+            && self.stop_alerts.iter().all(|a| a.replay.reproduced)
     }
 }
 
@@ -307,6 +312,82 @@ pub fn metrics_text(m: &Metrics) -> String {
         .join(" ")
 }
 
+struct Ctx<'a> {
+    events: &'a [Event],
+    exp: &'a ExpId,
+    by_seq: BTreeMap<u64, &'a Event>,
+    configs: BTreeMap<u64, serde_json::Value>,
+    today: CheckerConfig,
+    today_json: serde_json::Value,
+}
+
+fn audit_alert(ctx: &Ctx<'_>, e: &Event, a: &AlertRaised) -> AlertAudit {
+    let evidence = a
+        .evidence_seqs
+        .iter()
+        .filter_map(|s| ctx.by_seq.get(s))
+        .map(|e| evidence_of(e))
+        .collect();
+    let stored = a.config_seq.and_then(|s| ctx.configs.get(&s));
+    let family = rules::family(&a.rule);
+    let parsed = stored.map(CheckerConfig::from_json);
+    let config_in_force = stored.map(|v| {
+        serde_json::json!({
+            family: v.get(family).cloned().unwrap_or_default(),
+            "monitor": v.get("monitor").cloned().unwrap_or_default(),
+            "dedup": v.get("dedup").cloned().unwrap_or_default(),
+        })
+    });
+    let mut config_vs_today = Vec::new();
+    if let Some(v) = stored {
+        json_diff("", v, &ctx.today_json, &mut config_vs_today);
+    }
+    let (replay_then, replay_today) = match parsed {
+        Some(Ok(cfg)) => {
+            let r = replay(ctx.events, ctx.exp, &cfg, a, e.seq, e.time);
+            let t = (cfg != ctx.today)
+                .then(|| replay(ctx.events, ctx.exp, &ctx.today, a, e.seq, e.time));
+            (r, t)
+        }
+        Some(Err(why)) => (
+            Replay {
+                reproduced: false,
+                identical: false,
+                raised_after_seq: None,
+                notes: vec![format!(
+                    "the CheckerConfigured at seq {} does not parse: {why}",
+                    a.config_seq.unwrap_or(0)
+                )],
+                replayed: None,
+            },
+            None,
+        ),
+        None => (
+            Replay {
+                reproduced: false,
+                identical: false,
+                raised_after_seq: None,
+                notes: vec![format!(
+                    "no CheckerConfigured for {} at seq {:?}",
+                    ctx.exp, a.config_seq
+                )],
+                replayed: None,
+            },
+            None,
+        ),
+    };
+    AlertAudit {
+        seq: e.seq,
+        time: e.time,
+        alert: a.clone(),
+        evidence,
+        config_in_force,
+        config_vs_today,
+        replay: replay_then,
+        replay_with_today_defaults: replay_today,
+    }
+}
+
 /// Audit `exp` in `store`.
 pub fn audit(store: &Store, exp: &ExpId) -> Result<AuditReport> {
     let mut events = Vec::new();
@@ -336,7 +417,14 @@ pub fn audit(store: &Store, exp: &ExpId) -> Result<AuditReport> {
         .rposition(|e| matches!(e.payload, Payload::TrainingStarted(_)))
         .unwrap_or(0);
     let endings: Vec<Ending> = events[run_start..].iter().filter_map(ending).collect();
-    let by_seq: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq, e)).collect();
+    let ctx = Ctx {
+        events: &events,
+        exp,
+        by_seq: events.iter().map(|e| (e.seq, e)).collect(),
+        configs,
+        today: CheckerConfig::default(),
+        today_json: CheckerConfig::default().to_json(),
+    };
     let alerts = events
         .iter()
         .filter_map(|e| match &e.payload {
@@ -344,8 +432,6 @@ pub fn audit(store: &Store, exp: &ExpId) -> Result<AuditReport> {
             _ => None,
         })
         .collect();
-    let today = CheckerConfig::default();
-    let today_json = today.to_json();
 
     let kill = events[run_start..].iter().find_map(|e| match &e.payload {
         Payload::RunKilled(k) => Some((e, k)),
@@ -355,77 +441,12 @@ pub fn audit(store: &Store, exp: &ExpId) -> Result<AuditReport> {
         let alerts = k
             .alert_seqs
             .iter()
-            .filter_map(|s| by_seq.get(s))
+            .filter_map(|s| ctx.by_seq.get(s))
             .filter_map(|e| match &e.payload {
                 Payload::AlertRaised(a) => Some((*e, a)),
                 _ => None,
             })
-            .map(|(e, a)| {
-                let evidence = a
-                    .evidence_seqs
-                    .iter()
-                    .filter_map(|s| by_seq.get(s))
-                    .map(|e| evidence_of(e))
-                    .collect();
-                let stored = a.config_seq.and_then(|s| configs.get(&s));
-                let family = rules::family(&a.rule);
-                let parsed = stored.map(CheckerConfig::from_json);
-                let config_in_force = stored.map(|v| {
-                    serde_json::json!({
-                        family: v.get(family).cloned().unwrap_or_default(),
-                        "monitor": v.get("monitor").cloned().unwrap_or_default(),
-                        "dedup": v.get("dedup").cloned().unwrap_or_default(),
-                    })
-                });
-                let mut config_vs_today = Vec::new();
-                if let Some(v) = stored {
-                    json_diff("", v, &today_json, &mut config_vs_today);
-                }
-                let (replay_then, replay_today) = match parsed {
-                    Some(Ok(cfg)) => {
-                        let r = replay(&events, exp, &cfg, a, e.seq, e.time);
-                        let t =
-                            (cfg != today).then(|| replay(&events, exp, &today, a, e.seq, e.time));
-                        (r, t)
-                    }
-                    Some(Err(why)) => (
-                        Replay {
-                            reproduced: false,
-                            identical: false,
-                            raised_after_seq: None,
-                            notes: vec![format!(
-                                "the CheckerConfigured at seq {} does not parse: {why}",
-                                a.config_seq.unwrap_or(0)
-                            )],
-                            replayed: None,
-                        },
-                        None,
-                    ),
-                    None => (
-                        Replay {
-                            reproduced: false,
-                            identical: false,
-                            raised_after_seq: None,
-                            notes: vec![format!(
-                                "no CheckerConfigured for {exp} at seq {:?}",
-                                a.config_seq
-                            )],
-                            replayed: None,
-                        },
-                        None,
-                    ),
-                };
-                AlertAudit {
-                    seq: e.seq,
-                    time: e.time,
-                    alert: a.clone(),
-                    evidence,
-                    config_in_force,
-                    config_vs_today,
-                    replay: replay_then,
-                    replay_with_today_defaults: replay_today,
-                }
-            })
+            .map(|(e, a)| audit_alert(&ctx, e, a))
             .collect();
         KillAudit {
             seq: ev.seq,
@@ -438,12 +459,27 @@ pub fn audit(store: &Store, exp: &ExpId) -> Result<AuditReport> {
             alerts,
         }
     });
+    let cited: Vec<u64> = kill
+        .as_ref()
+        .map(|k| k.alerts.iter().map(|a| a.seq).collect())
+        .unwrap_or_default();
+    let stop_alerts = events[run_start..]
+        .iter()
+        .filter(|e| !cited.contains(&e.seq))
+        .filter_map(|e| match &e.payload {
+            Payload::AlertRaised(a) if a.severity == Severity::Stop => {
+                Some(audit_alert(&ctx, e, a))
+            }
+            _ => None,
+        })
+        .collect();
     Ok(AuditReport {
         experiment_id: exp.clone(),
         status,
         ended_by: endings.first().cloned(),
         endings,
         kill,
+        stop_alerts,
         alerts,
     })
 }
@@ -497,6 +533,62 @@ fn replay_text(r: &Replay, alert: &AlertRaised) -> String {
     t
 }
 
+fn render_alert(o: &mut String, a: &AlertAudit) {
+    let al = &a.alert;
+    o.push_str(&format!(
+        "\n  ← alert seq {} at {}: {} ({}){}\n      {}\n      observed: {}\n      thresholds: {}\n      likely cause: {}\n      recommended action: {}\n",
+        a.seq,
+        a.time,
+        al.rule,
+        sev(al.severity),
+        al.epoch.map_or(String::new(), |e| format!(", epoch {e}")),
+        al.message,
+        metrics_text(&al.observed),
+        metrics_text(&al.thresholds),
+        al.likely_cause,
+        al.recommended_action
+    ));
+    o.push_str("    ← evidence\n");
+    for e in &a.evidence {
+        o.push_str(&format!(
+            "      seq {} {}{}: {}\n",
+            e.seq,
+            e.kind,
+            e.epoch.map_or(String::new(), |x| format!(" epoch {x}")),
+            metrics_text(&e.values)
+        ));
+    }
+    o.push_str(&format!(
+        "    ← rule and thresholds in force: CheckerConfigured seq {}\n",
+        al.config_seq.map_or("?".into(), |s| s.to_string())
+    ));
+    if let Some(c) = &a.config_in_force {
+        o.push_str(&format!("      {c}\n"));
+    }
+    if a.config_vs_today.is_empty() {
+        o.push_str("      (the same as today's defaults)\n");
+    } else {
+        o.push_str("      differs from today's defaults:\n");
+        for d in &a.config_vs_today {
+            o.push_str(&format!("        {d}\n"));
+        }
+    }
+    o.push_str(&format!(
+        "    ← replay of the logged events with that configuration: {}\n",
+        replay_text(&a.replay, al)
+    ));
+    if let Some(t) = &a.replay_with_today_defaults {
+        let verdict = if t.reproduced {
+            "would raise the same alert".to_owned()
+        } else if let Some(x) = &t.replayed {
+            format!("would raise it with severity {}", sev(x.severity))
+        } else {
+            "would not raise it".to_owned()
+        };
+        o.push_str(&format!("    (today's defaults {verdict})\n"));
+    }
+}
+
 /// The report as text.
 pub fn render(r: &AuditReport) -> String {
     let mut o = String::new();
@@ -521,59 +613,13 @@ pub fn render(r: &AuditReport) -> String {
             k.reason
         ));
         for a in &k.alerts {
-            let al = &a.alert;
-            o.push_str(&format!(
-                "\n  ← alert seq {} at {}: {} ({}){}\n      {}\n      observed: {}\n      thresholds: {}\n      likely cause: {}\n      recommended action: {}\n",
-                a.seq,
-                a.time,
-                al.rule,
-                sev(al.severity),
-                al.epoch.map_or(String::new(), |e| format!(", epoch {e}")),
-                al.message,
-                metrics_text(&al.observed),
-                metrics_text(&al.thresholds),
-                al.likely_cause,
-                al.recommended_action
-            ));
-            o.push_str("    ← evidence\n");
-            for e in &a.evidence {
-                o.push_str(&format!(
-                    "      seq {} {}{}: {}\n",
-                    e.seq,
-                    e.kind,
-                    e.epoch.map_or(String::new(), |x| format!(" epoch {x}")),
-                    metrics_text(&e.values)
-                ));
-            }
-            o.push_str(&format!(
-                "    ← rule and thresholds in force: CheckerConfigured seq {}\n",
-                al.config_seq.map_or("?".into(), |s| s.to_string())
-            ));
-            if let Some(c) = &a.config_in_force {
-                o.push_str(&format!("      {c}\n"));
-            }
-            if a.config_vs_today.is_empty() {
-                o.push_str("      (the same as today's defaults)\n");
-            } else {
-                o.push_str("      differs from today's defaults:\n");
-                for d in &a.config_vs_today {
-                    o.push_str(&format!("        {d}\n"));
-                }
-            }
-            o.push_str(&format!(
-                "    ← replay of the logged events with that configuration: {}\n",
-                replay_text(&a.replay, al)
-            ));
-            if let Some(t) = &a.replay_with_today_defaults {
-                let verdict = if t.reproduced {
-                    "would raise the same alert".to_owned()
-                } else if let Some(x) = &t.replayed {
-                    format!("would raise it with severity {}", sev(x.severity))
-                } else {
-                    "would not raise it".to_owned()
-                };
-                o.push_str(&format!("    (today's defaults {verdict})\n"));
-            }
+            render_alert(&mut o, a);
+        }
+    }
+    if !r.stop_alerts.is_empty() {
+        o.push_str("\nstop alerts of the last run that no kill cites:\n");
+        for a in &r.stop_alerts {
+            render_alert(&mut o, a);
         }
     }
     if !r.endings.is_empty() {

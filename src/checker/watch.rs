@@ -133,6 +133,9 @@ pub struct Watcher {
     opts: WatchOptions,
     control: Arc<dyn ProcessControl>,
     on_event: Option<Callback>,
+    /// Alerts in the log (this experiment's), and a reader that keeps the set current.
+    keys: BTreeSet<AlertKey>,
+    keys_reader: Option<crate::log::Reader>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -157,6 +160,8 @@ impl Watcher {
             opts: WatchOptions::default(),
             control: Arc::new(OsProcesses),
             on_event: None,
+            keys: BTreeSet::new(),
+            keys_reader: None,
         }
     }
 
@@ -185,21 +190,27 @@ impl Watcher {
 
     fn append(&self, events: &[NewEvent]) -> Result<u64> {
         let r = self.store.append(events)?;
+        self.refreshed();
+        Ok(r.first_seq)
+    }
+
+    /// Bring projections up to date after an append.
+    fn refreshed(&self) {
         if let Err(e) = crate::project::refresh(&self.store) {
             // The log is the truth and projections can be rebuilt; a watcher that stopped here
             // would stop protecting the run.
             tracing::warn!("projections not refreshed after appending checker events: {e}");
         }
-        Ok(r.first_seq)
     }
 
     /// Record the configuration (or reuse an identical latest one); returns its seq.
-    fn configure(&mut self) -> Result<(u64, BTreeSet<AlertKey>)> {
+    fn configure(&mut self) -> Result<u64> {
         let mut known = false;
         let mut latest: Option<(u64, serde_json::Value)> = None;
         let mut keys = BTreeSet::new();
         let exp = self.exp.clone();
-        self.store.read(1, |ev| {
+        let mut keys_reader = self.store.log().reader(1);
+        read_with(&mut keys_reader, &mut |ev: Event| {
             if ev.payload.experiment_id() == Some(&exp) {
                 known = true;
                 match &ev.payload {
@@ -215,6 +226,8 @@ impl Watcher {
         if !known {
             return Err(Error::UnknownExperiment(exp));
         }
+        self.keys = keys;
+        self.keys_reader = Some(keys_reader);
         let mine = self.config.to_json();
         let (seq, appended) = match latest {
             Some((seq, cfg)) if cfg == mine => (seq, false),
@@ -230,12 +243,30 @@ impl Watcher {
             }
         };
         self.emit(WatchEvent::Configured { seq, appended });
-        Ok((seq, keys))
+        Ok(seq)
+    }
+
+    /// Bring the set of alert keys in the log up to date (another watcher may have appended).
+    fn refresh_keys(&mut self) -> Result<()> {
+        let Some(r) = &mut self.keys_reader else {
+            return Ok(());
+        };
+        let exp = &self.exp;
+        let keys = &mut self.keys;
+        read_with(r, &mut |ev: Event| {
+            if let Payload::AlertRaised(a) = &ev.payload
+                && &a.experiment_id == exp
+            {
+                keys.insert(AlertKey::of(a));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Run until the run ends, `once` is done, or `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<WatchReport> {
-        let (config_seq, mut keys) = self.configure()?;
+        let config_seq = self.configure()?;
         let mut checker = Checker::new(self.exp.clone(), self.config.clone(), Some(config_seq));
         let mut reader = self.store.log().reader(1);
         let mut report = WatchReport {
@@ -253,26 +284,13 @@ impl Watcher {
         tokio::pin!(shutdown);
         loop {
             // 1. Everything new in the log.
-            let exp = self.exp.clone();
-            let mut seen_keys = Vec::new();
             read_with(&mut reader, &mut |ev: Event| {
-                if let Payload::AlertRaised(a) = &ev.payload
-                    && a.experiment_id == exp
-                {
-                    seen_keys.push(AlertKey::of(a));
-                }
                 checker.observe(&ev, &mut buf);
                 Ok(())
             })?;
-            keys.extend(seen_keys);
             for a in buf.drain(..) {
                 report.raised.push(a.clone());
-                if keys.contains(&AlertKey::of(&a)) {
-                    self.emit(WatchEvent::AlreadyRaised { alert: &a });
-                } else {
-                    keys.insert(AlertKey::of(&a));
-                    fresh.push(a);
-                }
+                fresh.push(a);
             }
             if !caught_up {
                 caught_up = true;
@@ -294,9 +312,7 @@ impl Watcher {
                 checker.tick(now, liveness, &mut buf);
                 for a in buf.drain(..) {
                     report.raised.push(a.clone());
-                    if keys.insert(AlertKey::of(&a)) {
-                        fresh.push(a);
-                    }
+                    fresh.push(a);
                 }
                 if !fresh.is_empty() {
                     // Timer alerts carry the time they were evaluated at, so an audit can replay
@@ -362,18 +378,45 @@ impl Watcher {
         at: Option<Timestamp>,
         report: &mut WatchReport,
     ) -> Result<()> {
-        let batch: Vec<AlertRaised> = std::mem::take(fresh);
-        let events: Vec<NewEvent> = batch
+        fresh.retain(|a| {
+            let known = self.keys.contains(&AlertKey::of(a));
+            if known && let Some(f) = &mut self.on_event {
+                f(WatchEvent::AlreadyRaised { alert: a });
+            }
+            !known
+        });
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        // Under the writer lock, nobody else can append: check the log's alerts once more and
+        // append only what is not there, so even concurrent watchers never duplicate an alert.
+        let mut w = self.store.writer()?;
+        self.refresh_keys()?;
+        let mut batch = Vec::new();
+        for a in std::mem::take(fresh) {
+            if self.keys.insert(AlertKey::of(&a)) {
+                batch.push(a);
+            } else {
+                self.emit(WatchEvent::AlreadyRaised { alert: &a });
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let payloads: Vec<Vec<u8>> = batch
             .iter()
             .map(|a| {
                 let p = Payload::AlertRaised(a.clone());
-                match at {
+                let ev = match at {
                     Some(t) => NewEvent::at(t, checker_source(), p),
                     None => NewEvent::now(checker_source(), p),
-                }
+                };
+                crate::event::codec::encode(&ev)
             })
             .collect();
-        let first = self.append(&events)?;
+        let first = w.append(&payloads)?.first_seq;
+        drop(w);
+        self.refreshed();
         let mut stops = Vec::new();
         let mut gone = None;
         for (i, a) in batch.into_iter().enumerate() {

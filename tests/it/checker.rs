@@ -420,6 +420,18 @@ fn a_stopped_trainer_raises_a_stall_and_a_vanished_one_fails_the_experiment() {
     assert_eq!(st.len(), 1, "{st:?}");
     assert_eq!(st[0].0, ExperimentStatus::Failed);
     assert_eq!(count(&ev, "RunKilled"), 0);
+
+    // The audit names the checker's status change as the ending and re-derives the decision
+    // from the log and the liveness the alert recorded.
+    let (code, json) = p.run(&["audit", "exp-001", "--json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["ended_by"]["kind"], "ExperimentStatusChanged");
+    assert_eq!(v["ended_by"]["source"]["kind"], "checker");
+    let stop = &v["stop_alerts"][0];
+    assert_eq!(stop["alert"]["rule"], "stall.process_gone");
+    assert_eq!(stop["replay"]["identical"], true, "{stop:#}");
 }
 
 #[test]
@@ -584,4 +596,38 @@ fn watch_refuses_unknown_experiments_and_bad_configs() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, zolog::checker::CheckerConfig::default().to_json());
+}
+
+#[test]
+fn concurrent_watchers_append_each_alert_once() {
+    let p = Proj::new();
+    p.start(None, None);
+    for e in 0..40 {
+        let v = match e {
+            12 => 9.0,
+            25 => 40.0,
+            33.. => f64::NAN,
+            _ => 1.0 + 1.0 / (e + 1) as f64,
+        };
+        p.epoch(e, v);
+    }
+    let mut watchers: Vec<Guard> = (0..4)
+        .map(|_| {
+            Guard::spawn(
+                "zolog watch",
+                p.zolog()
+                    .args(["watch", "exp-001", "--once"])
+                    .stdout(Stdio::null()),
+            )
+        })
+        .collect();
+    for w in &mut watchers {
+        assert_eq!(w.wait(Duration::from_secs(60)).code(), Some(2));
+    }
+    let rules: Vec<String> = p.alerts().into_iter().map(|(_, a)| a.rule).collect();
+    assert_eq!(
+        rules,
+        ["divergence.spike", "divergence.spike", "nan_inf"],
+        "each alert exactly once"
+    );
 }
