@@ -731,3 +731,22 @@ fn a_timer_alert_replays_at_the_time_it_was_raised() {
     );
     assert!(!r.reproduced, "{r:?}");
 }
+
+/// docs/checker.md shows the default configuration and documents every rule.
+#[test]
+fn the_documentation_matches_the_code() {
+    let doc = include_str!("../../docs/checker.md");
+    let block = doc
+        .split_once("<!-- default-config:begin -->\n```json\n")
+        .and_then(|(_, rest)| rest.split_once("\n```\n<!-- default-config:end -->"))
+        .map(|(json, _)| json)
+        .expect("docs/checker.md has the default-config block");
+    let want = serde_json::to_string_pretty(&CheckerConfig::default().to_json()).unwrap();
+    assert_eq!(
+        block, want,
+        "docs/checker.md's default configuration is stale: replace the block with the output of `zolog watch exp-001 --print-config`"
+    );
+    for rule in rules::RULES {
+        assert!(doc.contains(&format!("`{rule}`")), "docs/checker.md does not document {rule}");
+    }
+}
