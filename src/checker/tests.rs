@@ -747,6 +747,9 @@ fn the_documentation_matches_the_code() {
         "docs/checker.md's default configuration is stale: replace the block with the output of `zolog watch exp-001 --print-config`"
     );
     for rule in rules::RULES {
-        assert!(doc.contains(&format!("`{rule}`")), "docs/checker.md does not document {rule}");
+        assert!(
+            doc.contains(&format!("`{rule}`")),
+            "docs/checker.md does not document {rule}"
+        );
     }
 }

@@ -17,7 +17,7 @@
 //!    after the grace period, and RunKilled (citing the alert seqs) with ExperimentStatusChanged
 //!    aborted in one batch. A `stall.process_gone` alert marks the experiment failed instead.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,7 +134,7 @@ pub struct Watcher {
     control: Arc<dyn ProcessControl>,
     on_event: Option<Callback>,
     /// Alerts in the log (this experiment's), and a reader that keeps the set current.
-    keys: BTreeSet<AlertKey>,
+    keys: BTreeMap<AlertKey, u64>,
     keys_reader: Option<crate::log::Reader>,
 }
 
@@ -160,7 +160,7 @@ impl Watcher {
             opts: WatchOptions::default(),
             control: Arc::new(OsProcesses),
             on_event: None,
-            keys: BTreeSet::new(),
+            keys: BTreeMap::new(),
             keys_reader: None,
         }
     }
@@ -207,7 +207,7 @@ impl Watcher {
     fn configure(&mut self) -> Result<u64> {
         let mut known = false;
         let mut latest: Option<(u64, serde_json::Value)> = None;
-        let mut keys = BTreeSet::new();
+        let mut keys = BTreeMap::new();
         let exp = self.exp.clone();
         let mut keys_reader = self.store.log().reader(1);
         read_with(&mut keys_reader, &mut |ev: Event| {
@@ -216,7 +216,7 @@ impl Watcher {
                 match &ev.payload {
                     Payload::CheckerConfigured(c) => latest = Some((ev.seq, c.config.0.clone())),
                     Payload::AlertRaised(a) => {
-                        keys.insert(AlertKey::of(a));
+                        keys.insert(AlertKey::of(a), ev.seq);
                     }
                     _ => {}
                 }
@@ -257,7 +257,7 @@ impl Watcher {
             if let Payload::AlertRaised(a) = &ev.payload
                 && &a.experiment_id == exp
             {
-                keys.insert(AlertKey::of(a));
+                keys.insert(AlertKey::of(a), ev.seq);
             }
             Ok(())
         })?;
@@ -278,7 +278,9 @@ impl Watcher {
         };
         let mut caught_up = false;
         let mut gone_since: Option<Instant> = None;
-        let mut last_tick = Instant::now() - self.opts.tick_interval;
+        let mut last_tick = Instant::now()
+            .checked_sub(self.opts.tick_interval)
+            .unwrap_or_else(Instant::now);
         let mut buf: Vec<AlertRaised> = Vec::new();
         let mut fresh: Vec<AlertRaised> = Vec::new();
         tokio::pin!(shutdown);
@@ -378,46 +380,52 @@ impl Watcher {
         at: Option<Timestamp>,
         report: &mut WatchReport,
     ) -> Result<()> {
-        fresh.retain(|a| {
-            let known = self.keys.contains(&AlertKey::of(a));
-            if known && let Some(f) = &mut self.on_event {
-                f(WatchEvent::AlreadyRaised { alert: a });
-            }
-            !known
-        });
-        if fresh.is_empty() {
-            return Ok(());
-        }
-        // Under the writer lock, nobody else can append: check the log's alerts once more and
-        // append only what is not there, so even concurrent watchers never duplicate an alert.
-        let mut w = self.store.writer()?;
-        self.refresh_keys()?;
+        // Stop alerts already in the log (an earlier watch without --kill, say) still stop a run
+        // that is going on.
+        let mut stops = Vec::new();
         let mut batch = Vec::new();
         for a in std::mem::take(fresh) {
-            if self.keys.insert(AlertKey::of(&a)) {
-                batch.push(a);
-            } else {
-                self.emit(WatchEvent::AlreadyRaised { alert: &a });
+            match self.keys.get(&AlertKey::of(&a)) {
+                Some(&seq) => self.already(seq, a, &mut stops),
+                None => batch.push(a),
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        let mut first = 0;
+        if !batch.is_empty() {
+            // Under the writer lock nobody else can append: check the log's alerts once more and
+            // append only what is not there, so even concurrent watchers never duplicate one.
+            let mut w = self.store.writer()?;
+            self.refresh_keys()?;
+            let mut new = Vec::new();
+            for a in std::mem::take(&mut batch) {
+                match self.keys.get(&AlertKey::of(&a)) {
+                    Some(&seq) => self.already(seq, a, &mut stops),
+                    None => new.push(a),
+                }
+            }
+            batch = new;
+            if !batch.is_empty() {
+                let payloads: Vec<Vec<u8>> = batch
+                    .iter()
+                    .map(|a| {
+                        let p = Payload::AlertRaised(a.clone());
+                        let ev = match at {
+                            Some(t) => NewEvent::at(t, checker_source(), p),
+                            None => NewEvent::now(checker_source(), p),
+                        };
+                        crate::event::codec::encode(&ev)
+                    })
+                    .collect();
+                first = w.append(&payloads)?.first_seq;
+                for (i, a) in batch.iter().enumerate() {
+                    self.keys.insert(AlertKey::of(a), first + i as u64);
+                }
+            }
+            drop(w);
+            if !batch.is_empty() {
+                self.refreshed();
+            }
         }
-        let payloads: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|a| {
-                let p = Payload::AlertRaised(a.clone());
-                let ev = match at {
-                    Some(t) => NewEvent::at(t, checker_source(), p),
-                    None => NewEvent::now(checker_source(), p),
-                };
-                crate::event::codec::encode(&ev)
-            })
-            .collect();
-        let first = w.append(&payloads)?.first_seq;
-        drop(w);
-        self.refreshed();
-        let mut stops = Vec::new();
         let mut gone = None;
         for (i, a) in batch.into_iter().enumerate() {
             let seq = first + i as u64;
@@ -449,9 +457,18 @@ impl Watcher {
             });
         }
         if self.opts.kill && !stops.is_empty() && report.killed.is_none() {
+            stops.sort_by_key(|s| s.0);
             self.kill(checker, &stops, report).await?;
         }
         Ok(())
+    }
+
+    /// An alert that is already in the log at `seq`.
+    fn already(&mut self, seq: u64, a: AlertRaised, stops: &mut Vec<(u64, AlertRaised)>) {
+        self.emit(WatchEvent::AlreadyRaised { alert: &a });
+        if a.severity == Severity::Stop && a.rule != "stall.process_gone" {
+            stops.push((seq, a));
+        }
     }
 
     async fn kill(

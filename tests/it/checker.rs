@@ -631,3 +631,36 @@ fn concurrent_watchers_append_each_alert_once() {
         "each alert exactly once"
     );
 }
+
+#[test]
+fn a_later_watch_with_kill_acts_on_a_stop_alert_already_in_the_log() {
+    let p = Proj::new();
+    let mut sleeper = Guard::spawn(
+        "sleep",
+        Command::new("sleep").arg("60").stdout(Stdio::null()),
+    );
+    p.start(Some(sleeper.pid()), None);
+    p.epoch(0, 1.0);
+    p.epoch(1, f64::NAN);
+    let (code, _) = p.run(&["watch", "exp-001", "--once"]);
+    assert_eq!(code, 2);
+    let alerts = p.alerts();
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        sleeper.try_status().is_none(),
+        "a watch without --kill signalled"
+    );
+    let (code, out) = p.run(&["watch", "exp-001", "--once", "--kill", "--grace", "5"]);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(sleeper.wait(Duration::from_secs(10)).signal(), Some(15));
+    assert_eq!(p.alerts().len(), 1, "the alert is not appended again");
+    let killed = p
+        .events()
+        .into_iter()
+        .find_map(|e| match e.payload {
+            Payload::RunKilled(k) => Some(k),
+            _ => None,
+        })
+        .expect("RunKilled");
+    assert_eq!(killed.alert_seqs, [alerts[0].0]);
+}
