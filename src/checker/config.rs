@@ -141,8 +141,11 @@ pub struct DivergenceConfig {
     pub patience: u32,
     /// ...each larger than this (Lightning EarlyStopping min_delta: 0)...
     pub min_delta: f64,
-    /// ...and a total rise since the run-up began of more than rise_rtol × |its start|.
+    /// ...and a total rise since the run-up began of more than rise_rtol × |its start|...
     pub rise_rtol: f64,
+    /// ...and more than noise_sigmas × the noise of the difference of two values (σ√2, σ from
+    /// the last 20 successive differences), so a noisy curve needs a bigger rise.
+    pub noise_sigmas: f64,
     /// A rising loss that climbs back to or above its first value, after having improved on it,
     /// is stop severity (all progress lost).
     pub severe_above_initial: bool,
@@ -163,6 +166,7 @@ impl Default for DivergenceConfig {
             patience: 3,
             min_delta: 0.0,
             rise_rtol: 0.2,
+            noise_sigmas: 5.0,
             severe_above_initial: true,
             absolute: Default::default(),
         }
@@ -206,7 +210,7 @@ impl Default for GradBlowupConfig {
             nonfinite_within: 3,
             vanish_below: 1e-6,
             vanish_epochs: 3,
-            flat_epochs: 5,
+            flat_epochs: 8,
             flat_rtol: 0.01,
         }
     }
@@ -225,8 +229,12 @@ pub struct OverfitConfig {
     pub patience: u32,
     /// An improvement must beat the best by more than this (Lightning min_delta: 0).
     pub min_delta: f64,
-    /// The smoothed validation loss is above its best by more than rise_rtol × |best|.
+    /// The smoothed validation loss is above its best by more than rise_rtol × |best|...
     pub rise_rtol: f64,
+    /// ...and by more than noise_sigmas × the noise of a smoothed value (σ / √smooth, σ from the
+    /// last 20 successive differences of the raw validation loss). The best is a minimum over the
+    /// run, about 3 such σ below the level on a long plateau, hence a wide margin.
+    pub noise_sigmas: f64,
 }
 
 impl Default for OverfitConfig {
@@ -238,6 +246,7 @@ impl Default for OverfitConfig {
             patience: 3,
             min_delta: 0.0,
             rise_rtol: 0.1,
+            noise_sigmas: 10.0,
         }
     }
 }
@@ -390,6 +399,7 @@ impl CheckerConfig {
         pos("divergence.severe_rtol", d.severe_rtol);
         pos("divergence.min_delta", d.min_delta);
         pos("divergence.rise_rtol", d.rise_rtol);
+        pos("divergence.noise_sigmas", d.noise_sigmas);
         let g = &self.grad_blowup;
         pos("grad_blowup.k_sigma", g.k_sigma);
         pos("grad_blowup.min_ratio", g.min_ratio);
@@ -398,6 +408,7 @@ impl CheckerConfig {
         let o = &self.overfit;
         pos("overfit.min_delta", o.min_delta);
         pos("overfit.rise_rtol", o.rise_rtol);
+        pos("overfit.noise_sigmas", o.noise_sigmas);
         let l = &self.dead_lr;
         pos("dead_lr.zero_at_or_below", l.zero_at_or_below);
         pos("dead_lr.run_left_fraction", l.run_left_fraction);

@@ -93,6 +93,45 @@ impl Window {
     }
 }
 
+/// The noise of a series, robustly: from its last `cap` successive differences, the median
+/// absolute deviation × 1.4826 (the standard deviation for normal noise), divided by √2. A linear
+/// trend shifts every difference equally and a few sharp moves (the end of a steep early decay,
+/// the rise being judged) barely move a median, so neither counts as noise. O(1) to feed;
+/// O(cap log cap) to ask, which the rules do only when everything else says alert.
+#[derive(Debug, Clone)]
+pub struct Noise {
+    prev: f64,
+    diffs: Window,
+}
+
+impl Noise {
+    pub fn new(cap: u32) -> Noise {
+        Noise {
+            prev: f64::NAN,
+            diffs: Window::new(cap),
+        }
+    }
+
+    /// Feed the next finite value.
+    pub fn push(&mut self, v: f64) {
+        if self.prev.is_finite() {
+            self.diffs.push(v - self.prev, 0);
+        }
+        self.prev = v;
+    }
+
+    /// The estimated standard deviation of one value around its trend, once 5 differences are
+    /// in (0 before: no evidence of noise yet).
+    pub fn sigma(&self) -> f64 {
+        if self.diffs.len() < 5 {
+            return 0.0;
+        }
+        let m = median(self.diffs.values());
+        let mad = median(self.diffs.values().map(|d| (d - m).abs()));
+        mad * 1.4826 / std::f64::consts::SQRT_2
+    }
+}
+
 /// The last `cap` seqs, for evidence.
 #[derive(Debug, Clone)]
 pub struct SeqRing {

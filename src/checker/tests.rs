@@ -284,22 +284,20 @@ fn grad_blowup_explodes_vanishes_and_flatlines() {
             vec![("grad_blowup.vanishing", Warn, Some(12))],
         ),
         (g(&[(10, 1e-7), (11, 1e-8)], None), vec![]),
-        // Flat loss over the first 5 epochs.
+        // Flat over the first 8 epochs.
         (
             run(
                 |t| {
-                    vec![(
-                        "train_loss",
-                        [1.0, 1.001, 0.999, 1.002, 1.0][t.min(4) as usize]
-                            - 0.2 * t.saturating_sub(5) as f64 / 30.0,
-                    )]
+                    let flat = [1.0, 1.001, 0.999, 1.002, 1.0, 0.998, 1.003, 1.0];
+                    vec![("train_loss", if t < 8 { flat[t as usize] } else { 0.9 })]
                 },
-                10,
+                12,
             ),
-            vec![("grad_blowup.flat_loss", Warn, Some(4))],
+            vec![("grad_blowup.flat_loss", Warn, Some(7))],
         ),
+        // Near miss: 0.2 % an epoch is slow, but not flat.
         (
-            run(|t| vec![("train_loss", 1.0 - 0.01 * t as f64)], 10),
+            run(|t| vec![("train_loss", 1.0 - 0.002 * t as f64)], 12),
             vec![],
         ),
     ];
@@ -750,6 +748,66 @@ fn the_documentation_matches_the_code() {
         assert!(
             doc.contains(&format!("`{rule}`")),
             "docs/checker.md does not document {rule}"
+        );
+    }
+}
+
+
+
+/// A run with per-epoch noise around a trend: `noise` relative, decay time constant `tau`, and
+/// from epoch `rise_from` on a rise of `rise` per epoch (training and validation loss alike).
+fn noisy(seed: u64, noise: f64, tau: f64, rise_from: u64, rise: f64, epochs: u64) -> Synth {
+    let mut s = Synth::new("exp-001");
+    let mut rng = super::synth::Rng::new(seed);
+    s.start(
+        Some(1),
+        Some(epochs),
+        serde_json::json!({"scheduler": "cosine"}),
+    );
+    for t in 0..epochs {
+        let up = (1.0 + rise).powi(t.saturating_sub(rise_from) as i32);
+        let base = (2.0 * (-(t as f64) / tau).exp() + 0.3) * up;
+        let lr = 0.05 * (1.0 + (std::f64::consts::PI * t as f64 / epochs as f64).cos()) + 1e-5;
+        s.epoch(
+            t,
+            &[
+                ("train_loss", base * (1.0 + noise * rng.normal())),
+                ("val_loss", base * 1.1 * (1.0 + noise * rng.normal())),
+                ("grad_norm", 1.0 + 2.0 * noise * rng.normal()),
+            ],
+            Some(lr),
+        );
+    }
+    s
+}
+
+#[test]
+fn noisier_healthy_runs_stay_quiet_and_noisy_divergence_still_fires() {
+    // 3 % per-epoch noise (validation too), fast and slow decay: nothing at all. (Measured over
+    // 300 seeds each in release builds: none at 1 % and 3 %; about 1 % of runs raise a warn at 5 %.)
+    for tau in [20.0, 80.0] {
+        for seed in 0..10 {
+            let s = noisy(seed, 0.03, tau, u64::MAX, 0.0, 300);
+            let a = evaluate(s.events(), &s.exp, &CheckerConfig::default(), None);
+            assert!(
+                a.is_empty(),
+                "tau {tau} seed {seed}: {:?}",
+                a.iter().map(|x| one_line(&x.1)).collect::<Vec<_>>()
+            );
+        }
+    }
+    // The same noise with a real 15 %-an-epoch climb from epoch 100: caught within 6 epochs.
+    for seed in 0..10 {
+        let s = noisy(seed, 0.03, 20.0, 100, 0.15, 120);
+        let a = evaluate(s.events(), &s.exp, &CheckerConfig::default(), None);
+        let first = a
+            .iter()
+            .find(|(_, x)| x.rule == "divergence.rising")
+            .map(|(_, x)| x.epoch);
+        assert!(
+            matches!(first, Some(Some(e)) if (100..=106).contains(&e)),
+            "seed {seed}: {first:?} {:?}",
+            a.iter().map(|x| one_line(&x.1)).collect::<Vec<_>>()
         );
     }
 }

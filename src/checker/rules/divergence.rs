@@ -14,7 +14,7 @@
 
 use super::{Finding, evidence, metrics};
 use crate::checker::config::DivergenceConfig;
-use crate::checker::stats::{Latch, SeqRing, Window, fmt_g};
+use crate::checker::stats::{Latch, Noise, SeqRing, Window, fmt_g};
 use crate::event::Severity;
 
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ pub struct Divergence {
     runup_start: f64,
     runup_seq: u64,
     recent: SeqRing,
+    noise: Noise,
     absolute: Option<f64>,
     spike: Latch,
     rising: Latch,
@@ -50,6 +51,7 @@ impl Divergence {
             runup_start: f64::NAN,
             runup_seq: 0,
             recent: SeqRing::new((cfg.patience as usize + 1).clamp(8, 64)),
+            noise: Noise::new(40),
             absolute: cfg.absolute.get(name).copied(),
             spike: Latch::default(),
             rising: Latch::default(),
@@ -132,8 +134,13 @@ impl Divergence {
         }
         self.recent.push(seq);
         let rise = v - self.runup_start;
-        let rising =
-            self.run_len >= cfg.patience.max(1) && rise > cfg.rise_rtol * self.runup_start.abs();
+        let mut sigma = f64::NAN;
+        let rising = self.run_len >= cfg.patience.max(1)
+            && rise > cfg.rise_rtol * self.runup_start.abs()
+            && {
+                sigma = self.noise.sigma();
+                rise > cfg.noise_sigmas * sigma * std::f64::consts::SQRT_2
+            };
         let severe = cfg.severe_above_initial && self.best < self.first && v >= self.first;
         let rising_sev = rising.then_some(if severe {
             Severity::Stop
@@ -154,11 +161,13 @@ impl Divergence {
                     ("rise_fraction", rise / self.runup_start.abs()),
                     ("first_value", self.first),
                     ("best_value", self.best),
+                    ("noise_sigma", sigma),
                 ]),
                 thresholds: metrics([
                     ("patience", f64::from(cfg.patience)),
                     ("min_delta", cfg.min_delta),
                     ("rise_rtol", cfg.rise_rtol),
+                    ("noise_sigmas", cfg.noise_sigmas),
                 ]),
                 evidence: evidence(ev),
                 message: format!(
@@ -199,6 +208,7 @@ impl Divergence {
             });
         }
 
+        self.noise.push(v);
         if self.seen == 0 {
             self.first = v;
         }

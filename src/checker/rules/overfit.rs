@@ -8,7 +8,7 @@
 
 use super::{Finding, metrics};
 use crate::checker::config::OverfitConfig;
-use crate::checker::stats::{Latch, Window, fmt_g};
+use crate::checker::stats::{Latch, Noise, Window, fmt_g};
 use crate::event::Severity;
 
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct Overfit {
     best_raw: f64,
     best_raw_epoch: u64,
     best_raw_seq: u64,
+    noise: Noise,
     latch: Latch,
 }
 
@@ -37,6 +38,7 @@ impl Overfit {
             best_raw: f64::INFINITY,
             best_raw_epoch: 0,
             best_raw_seq: 0,
+            noise: Noise::new(40),
             latch: Latch::default(),
         }
     }
@@ -74,10 +76,16 @@ impl Overfit {
         }
         let gap = sv - st;
         let rise = sv - self.best;
+        let mut sigma = f64::NAN;
         let cond = self.since_best >= cfg.patience.max(1)
             && rise > cfg.rise_rtol * self.best.abs()
             && st < self.train_at_best - cfg.min_delta
-            && gap > self.gap_at_best;
+            && gap > self.gap_at_best
+            && {
+                sigma = self.noise.sigma();
+                rise > cfg.noise_sigmas * sigma / (self.val.len() as f64).sqrt()
+            };
+        self.noise.push(val);
         if let Some(sev) = self.latch.update(cond.then_some(Severity::Warn), rearm) {
             out.push(Finding {
                 rule: "overfit",
@@ -94,12 +102,14 @@ impl Overfit {
                     ("best_epoch", self.best_raw_epoch as f64),
                     ("gap", gap),
                     ("gap_at_best", self.gap_at_best),
+                    ("noise_sigma", sigma),
                 ]),
                 thresholds: metrics([
                     ("smooth", f64::from(cfg.smooth)),
                     ("patience", f64::from(cfg.patience)),
                     ("min_delta", cfg.min_delta),
                     ("rise_rtol", cfg.rise_rtol),
+                    ("noise_sigmas", cfg.noise_sigmas),
                 ]),
                 evidence: super::evidence(vec![self.best_raw_seq, seq]),
                 message: format!(
