@@ -752,8 +752,6 @@ fn the_documentation_matches_the_code() {
     }
 }
 
-
-
 /// A run with per-epoch noise around a trend: `noise` relative, decay time constant `tau`, and
 /// from epoch `rise_from` on a rise of `rise` per epoch (training and validation loss alike).
 fn noisy(seed: u64, noise: f64, tau: f64, rise_from: u64, rise: f64, epochs: u64) -> Synth {

@@ -75,8 +75,9 @@ pub enum WatchEvent<'a> {
         seq: u64,
         alert: &'a AlertRaised,
     },
-    /// An alert that was already in the log (not appended again).
+    /// An alert that was already in the log at `seq` (not appended again).
     AlreadyRaised {
+        seq: u64,
         alert: &'a AlertRaised,
     },
     Killed {
@@ -465,7 +466,7 @@ impl Watcher {
 
     /// An alert that is already in the log at `seq`.
     fn already(&mut self, seq: u64, a: AlertRaised, stops: &mut Vec<(u64, AlertRaised)>) {
-        self.emit(WatchEvent::AlreadyRaised { alert: &a });
+        self.emit(WatchEvent::AlreadyRaised { seq, alert: &a });
         if a.severity == Severity::Stop && a.rule != "stall.process_gone" {
             stops.push((seq, a));
         }
@@ -577,7 +578,9 @@ pub fn describe(ev: &WatchEvent<'_>) -> Option<String> {
             format!("replayed the log up to seq {}", next_seq.saturating_sub(1))
         }
         WatchEvent::Alert { seq, alert } => format!("seq {seq} {}", one_line(alert)),
-        WatchEvent::AlreadyRaised { .. } => return None,
+        WatchEvent::AlreadyRaised { seq, alert } => {
+            format!("seq {seq} {} (already in the log)", one_line(alert))
+        }
         WatchEvent::Killed { seq, killed } => format!(
             "seq {seq} killed trainer pid {} with {}: {}",
             killed.pid.map_or("?".into(), |p| p.to_string()),
