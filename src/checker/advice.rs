@@ -5,7 +5,6 @@
 //! [`mechanism`] and [`recommendation`] with the AlertRaised events they fold. Pure functions of
 //! the alert: the same alert always gives the same text.
 
-use super::rules::family;
 use super::stats::fmt_g;
 use crate::event::AlertRaised;
 
@@ -284,11 +283,4 @@ pub fn recommendation(a: &AlertRaised) -> String {
         ),
         _ => a.recommended_action.clone(),
     }
-}
-
-/// Every rule family, for documentation.
-pub fn families() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = super::rules::RULES.iter().map(|r| family(r)).collect();
-    v.dedup();
-    v
 }

@@ -25,7 +25,7 @@ use crate::event::{
 };
 
 pub use self::config::CheckerConfig;
-use self::rules::Finding;
+pub use self::rules::RunInfo;
 use self::rules::classical::Classical;
 use self::rules::dead_lr::{DeadLr, schedule_configured};
 use self::rules::divergence::Divergence;
@@ -33,6 +33,7 @@ use self::rules::grad::{FlatLoss, Grad};
 use self::rules::overfit::Overfit;
 pub use self::rules::stall::Liveness;
 use self::rules::stall::Stall;
+use self::rules::{Eval, Finding};
 use self::stats::{Latch, fmt_g};
 
 /// What a metric is to the rules.
@@ -140,32 +141,6 @@ struct Slot {
     cur_sample: u64,
 }
 
-/// The experiment's run as the log tells it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RunInfo {
-    /// Seq, time, pid and host of the TrainingStarted in force.
-    pub started_seq: Option<u64>,
-    pub started_time: Option<Timestamp>,
-    pub pid: Option<u32>,
-    pub host: Option<String>,
-    pub total_epochs: Option<u64>,
-    pub schedule_configured: bool,
-    /// Samples (EpochEnded) seen.
-    pub samples: u64,
-    pub last_epoch: Option<u64>,
-    /// TrainingEnded, RunKilled, a result, or a terminal status change has been seen (and no
-    /// TrainingStarted since).
-    pub ended: bool,
-    pub minted: bool,
-}
-
-impl RunInfo {
-    /// Is there a run in progress, as far as the log says?
-    pub fn active(&self) -> bool {
-        !self.ended && (self.started_seq.is_some() || self.samples > 0)
-    }
-}
-
 /// The rule engine for one experiment. Feed it the log's events in order ([`Checker::observe`])
 /// and, from a timer, the time now ([`Checker::tick`]); it returns the alerts to raise.
 #[derive(Debug, Clone)]
@@ -256,8 +231,7 @@ impl Checker {
                             self.cfg.dedup.rearm_after,
                             fold,
                             &c.metrics,
-                            ev.seq,
-                            c.epoch,
+                            (ev.seq, c.epoch),
                             &mut self.found,
                         );
                     }
@@ -278,15 +252,8 @@ impl Checker {
     /// Evaluate the timer-driven rules at `now` with what is known of the trainer process.
     pub fn tick(&mut self, now: Timestamp, liveness: Liveness, out: &mut Vec<AlertRaised>) {
         if self.cfg.stall.enabled && self.run.active() {
-            self.stall.tick(
-                &self.cfg.stall,
-                now,
-                liveness,
-                self.run.started_seq,
-                self.run.pid,
-                self.run.last_epoch,
-                &mut self.found,
-            );
+            self.stall
+                .tick(&self.cfg.stall, now, liveness, &self.run, &mut self.found);
         }
         self.flush(out);
     }
@@ -397,6 +364,12 @@ impl Checker {
         self.stall
             .progress(&self.cfg.stall, seq, ev.time, ev.appended, true, false);
         let rearm = self.cfg.dedup.rearm_after;
+        let at = Eval {
+            seq,
+            epoch,
+            sample,
+            rearm,
+        };
         let nan_on = self.cfg.nan_inf.enabled;
         // A non-finite training loss or grad norm in this sample (for exploding_nonfinite).
         let mut nonfinite: Option<(usize, f64)> = None;
@@ -428,15 +401,7 @@ impl Checker {
                 Role::TrainLoss | Role::ValLoss => {
                     any_val |= s.role == Role::ValLoss;
                     if finite && let Some(d) = &mut s.divergence {
-                        d.observe(
-                            &cfg.divergence,
-                            rearm,
-                            &s.name,
-                            v,
-                            seq,
-                            epoch,
-                            &mut self.found,
-                        );
+                        d.observe(&cfg.divergence, &s.name, v, at, &mut self.found);
                     }
                     if let Some(f) = &mut s.flat {
                         f.observe(&cfg.grad_blowup, &s.name, v, seq, epoch, &mut self.found);
@@ -444,16 +409,7 @@ impl Checker {
                 }
                 Role::GradNorm => {
                     if let Some(g) = &mut s.grad {
-                        g.observe(
-                            &cfg.grad_blowup,
-                            rearm,
-                            &s.name,
-                            v,
-                            seq,
-                            epoch,
-                            sample,
-                            &mut self.found,
-                        );
+                        g.observe(&cfg.grad_blowup, &s.name, v, at, &mut self.found);
                     }
                 }
                 Role::LearningRate => {
@@ -482,17 +438,8 @@ impl Checker {
                 (None, None) => None,
             };
             if let Some((name, v)) = lr {
-                self.lr.observe(
-                    &self.cfg.dead_lr,
-                    rearm,
-                    name,
-                    v,
-                    seq,
-                    epoch,
-                    self.run.total_epochs,
-                    self.run.schedule_configured,
-                    &mut self.found,
-                );
+                self.lr
+                    .observe(&self.cfg.dead_lr, name, v, at, &self.run, &mut self.found);
             }
         }
 
@@ -504,13 +451,10 @@ impl Checker {
                 if let Some(g) = &mut s.grad {
                     g.after_sample(
                         &self.cfg.grad_blowup,
-                        rearm,
                         &s.name,
                         grad_now,
                         nf.as_ref().map(|(n, v)| (n.as_str(), *v)),
-                        seq,
-                        epoch,
-                        sample,
+                        at,
                         &mut self.found,
                     );
                 }
@@ -551,11 +495,9 @@ impl Checker {
                 if let Some(o) = &mut val.overfit {
                     o.observe(
                         &self.cfg.overfit,
-                        rearm,
                         (&val.name, val.cur),
                         (&train.name, train.cur),
-                        seq,
-                        epoch,
+                        at,
                         &mut self.found,
                     );
                 }

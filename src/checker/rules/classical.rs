@@ -65,16 +65,14 @@ impl Classical {
         }
     }
 
-    /// A fold finished with these metrics.
-    #[allow(clippy::too_many_arguments)]
+    /// A fold finished with these metrics, in the event at `seq` (with its epoch, if any).
     pub fn fold(
         &mut self,
         cfg: &ClassicalConfig,
         rearm: u32,
         fold: u32,
         values: &Metrics,
-        seq: u64,
-        epoch: Option<u64>,
+        (seq, epoch): (u64, Option<u64>),
         out: &mut Vec<Finding>,
     ) {
         let mut touched = Vec::new();

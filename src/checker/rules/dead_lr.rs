@@ -10,7 +10,7 @@
 //!   config) but the rate has not changed once over `constant_fraction` × total_epochs (or
 //!   `constant_epochs`; at least 3). Warn.
 
-use super::{Finding, evidence, metrics};
+use super::{Eval, Finding, RunInfo, evidence, metrics};
 use crate::checker::config::DeadLrConfig;
 use crate::checker::stats::{Latch, SeqRing, fmt_g};
 use crate::event::Severity;
@@ -52,19 +52,19 @@ impl DeadLr {
     }
 
     /// Feed one epoch's learning rate (`name` is where it came from).
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         cfg: &DeadLrConfig,
-        rearm: u32,
         name: &str,
         v: f64,
-        seq: u64,
-        epoch: u64,
-        total_epochs: Option<u64>,
-        schedule_configured: bool,
+        at: Eval,
+        run: &RunInfo,
         out: &mut Vec<Finding>,
     ) {
+        let (total_epochs, schedule_configured) = (run.total_epochs, run.schedule_configured);
+        let Eval {
+            seq, epoch, rearm, ..
+        } = at;
         if !v.is_finite() {
             return;
         }

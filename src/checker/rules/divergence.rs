@@ -12,7 +12,7 @@
 //! - `divergence.absolute` (Lightning EarlyStopping divergence_threshold): above the configured
 //!   threshold for this metric. Stop.
 
-use super::{Finding, evidence, metrics};
+use super::{Eval, Finding, evidence, metrics};
 use crate::checker::config::DivergenceConfig;
 use crate::checker::stats::{Latch, Noise, SeqRing, Window, fmt_g};
 use crate::event::Severity;
@@ -60,17 +60,17 @@ impl Divergence {
     }
 
     /// Feed one finite value of the metric.
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         cfg: &DivergenceConfig,
-        rearm: u32,
         name: &str,
         v: f64,
-        seq: u64,
-        epoch: u64,
+        at: Eval,
         out: &mut Vec<Finding>,
     ) {
+        let Eval {
+            seq, epoch, rearm, ..
+        } = at;
         debug_assert!(v.is_finite());
         // Spike against the running mean.
         let mut is_spike = false;

@@ -11,7 +11,7 @@
 //! - `grad_blowup.flat_loss`: the first `flat_epochs` training-loss values all within `flat_rtol`
 //!   of the first. Warn (evaluated once).
 
-use super::{Finding, evidence, metrics};
+use super::{Eval, Finding, evidence, metrics};
 use crate::checker::config::GradBlowupConfig;
 use crate::checker::stats::{Latch, SeqRing, Window, fmt_g};
 use crate::event::Severity;
@@ -50,18 +50,20 @@ impl Grad {
     }
 
     /// Feed one value of the grad norm; `sample` counts the experiment's samples.
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         cfg: &GradBlowupConfig,
-        rearm: u32,
         name: &str,
         v: f64,
-        seq: u64,
-        epoch: u64,
-        sample: u64,
+        at: Eval,
         out: &mut Vec<Finding>,
     ) {
+        let Eval {
+            seq,
+            epoch,
+            sample,
+            rearm,
+        } = at;
         if !v.is_finite() {
             self.vanish_run = 0;
             return;
@@ -146,19 +148,21 @@ impl Grad {
 
     /// After every sample: a non-finite grad norm or training loss (`nonfinite`: its name and
     /// value) shortly after an explosion is the explosion running away.
-    #[allow(clippy::too_many_arguments)]
     pub fn after_sample(
         &mut self,
         cfg: &GradBlowupConfig,
-        rearm: u32,
         name: &str,
         grad_now: Option<f64>,
         nonfinite: Option<(&str, f64)>,
-        seq: u64,
-        epoch: u64,
-        sample: u64,
+        at: Eval,
         out: &mut Vec<Finding>,
     ) {
+        let Eval {
+            seq,
+            epoch,
+            sample,
+            rearm,
+        } = at;
         let hit = match (self.exploded, nonfinite) {
             (Some(x), Some(nf)) if sample - x.sample < u64::from(cfg.nonfinite_within) => {
                 Some((x, nf))

@@ -16,7 +16,43 @@ pub mod grad;
 pub mod overfit;
 pub mod stall;
 
-use crate::event::{Metrics, Severity};
+use crate::event::{Metrics, Severity, Timestamp};
+
+/// The experiment's run as the log tells it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunInfo {
+    /// Seq, time, pid and host of the TrainingStarted in force.
+    pub started_seq: Option<u64>,
+    pub started_time: Option<Timestamp>,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub total_epochs: Option<u64>,
+    pub schedule_configured: bool,
+    /// Samples (EpochEnded) seen.
+    pub samples: u64,
+    pub last_epoch: Option<u64>,
+    /// TrainingEnded, RunKilled, a result, or a terminal status change has been seen (and no
+    /// TrainingStarted since).
+    pub ended: bool,
+    pub minted: bool,
+}
+
+impl RunInfo {
+    /// Is there a run in progress, as far as the log says?
+    pub fn active(&self) -> bool {
+        !self.ended && (self.started_seq.is_some() || self.samples > 0)
+    }
+}
+
+/// Where a rule is being evaluated: the sample's seq and epoch, its index among the experiment's
+/// samples, and the dedup policy (`dedup.rearm_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eval {
+    pub seq: u64,
+    pub epoch: u64,
+    pub sample: u64,
+    pub rearm: u32,
+}
 
 /// What a rule saw, before the engine dresses it as an alert.
 #[derive(Debug, Clone, PartialEq)]

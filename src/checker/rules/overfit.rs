@@ -6,7 +6,7 @@
 //! smoothed training loss is lower than it was at the best epoch, and so the gap between them has
 //! widened. Warn, naming the best (raw) validation epoch: the checkpoint to keep.
 
-use super::{Finding, metrics};
+use super::{Eval, Finding, metrics};
 use crate::checker::config::OverfitConfig;
 use crate::checker::stats::{Latch, Noise, Window, fmt_g};
 use crate::event::Severity;
@@ -44,17 +44,17 @@ impl Overfit {
     }
 
     /// Feed one epoch's pair of values (both finite).
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         cfg: &OverfitConfig,
-        rearm: u32,
         (val_name, val): (&str, f64),
         (train_name, train): (&str, f64),
-        seq: u64,
-        epoch: u64,
+        at: Eval,
         out: &mut Vec<Finding>,
     ) {
+        let Eval {
+            seq, epoch, rearm, ..
+        } = at;
         if !(val.is_finite() && train.is_finite()) {
             return;
         }

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Finding, evidence, metrics};
+use super::{Finding, RunInfo, evidence, metrics};
 use crate::checker::config::StallConfig;
 use crate::checker::stats::{fmt_g, median};
 use crate::event::{Severity, Timestamp};
@@ -71,18 +71,16 @@ impl Stall {
         }
     }
 
-    /// Evaluate at `now`. `started_seq` is the TrainingStarted in force, `pid` its pid.
-    #[allow(clippy::too_many_arguments)]
+    /// Evaluate at `now`, for the run as the log tells it.
     pub fn tick(
         &mut self,
         cfg: &StallConfig,
         now: Timestamp,
         liveness: Liveness,
-        started_seq: Option<u64>,
-        pid: Option<u32>,
-        last_epoch: Option<u64>,
+        run: &RunInfo,
         out: &mut Vec<Finding>,
     ) {
+        let (started_seq, pid, last_epoch) = (run.started_seq, run.pid, run.last_epoch);
         let Some((last_t, last_seq)) = self.last_progress else {
             return;
         };
