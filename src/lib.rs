@@ -4,6 +4,7 @@
 //! ([`log`]); projections fold the log into the files people and agents read. See ARCHITECTURE.md
 //! for the map and the invariants, docs/format.md for the bytes.
 
+pub mod checker;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;

@@ -1,6 +1,7 @@
 //! The command line: clap argument structs that turn into plain library calls. No logic lives in
 //! the argument structs; each command group has its own file.
 
+mod checkcmd;
 mod checkpoint;
 mod exp;
 mod ingest;
@@ -67,6 +68,10 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// The checkpoint a restarted trainer should load; exit 0 if there is one, 1 if not.
     Resume(checkpoint::ResumeArgs),
+    /// Run the training checker on an experiment: follow the log, raise alerts, optionally kill.
+    Watch(checkcmd::WatchArgs),
+    /// Explain why an experiment's run ended, replaying the checker's decisions from the log.
+    Audit(checkcmd::AuditArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -140,6 +145,8 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Ingest(a) => ingest::ingest(ctx, a),
         Command::Checkpoint(a) => checkpoint::run(ctx, a),
         Command::Resume(a) => checkpoint::resume(ctx, a),
+        Command::Watch(a) => checkcmd::watch(ctx, a),
+        Command::Audit(a) => checkcmd::audit(ctx, a),
     }
 }
 

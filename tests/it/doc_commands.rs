@@ -44,9 +44,18 @@ fn invocations(line: &str) -> Vec<Vec<String>> {
     out
 }
 
-/// (line number, command text) of every zolog command in a Markdown file: lines of fenced shell
-/// blocks, and inline code spans that start with `zolog `.
-fn commands(path: &Path) -> Vec<(usize, String)> {
+/// Where a command was written: a fenced shell block holds runnable lines, which must parse in
+/// full; an inline span in prose may name a command with placeholders (`zolog watch ID`), so
+/// only its subcommands and flags must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Block,
+    Inline,
+}
+
+/// (line number, place, command text) of every zolog command in a Markdown file: lines of fenced
+/// shell blocks, and inline code spans that start with `zolog `.
+fn commands(path: &Path) -> Vec<(usize, Place, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = Vec::new();
     let mut fence: Option<String> = None;
@@ -60,12 +69,14 @@ fn commands(path: &Path) -> Vec<(usize, String)> {
             continue;
         }
         match fence.as_deref() {
-            Some("sh" | "bash" | "console" | "shell" | "") => out.push((n, line.to_owned())),
+            Some("sh" | "bash" | "console" | "shell" | "") => {
+                out.push((n, Place::Block, line.to_owned()))
+            }
             Some(_) => {}
             None => {
                 for (j, span) in line.split('`').enumerate() {
                     if j % 2 == 1 && span.trim_start().starts_with("zolog ") {
-                        out.push((n, span.to_owned()));
+                        out.push((n, Place::Inline, span.to_owned()));
                     }
                 }
             }
@@ -89,13 +100,60 @@ fn documents() -> Vec<PathBuf> {
     files
 }
 
+/// A usage synopsis (`zolog watch ID [--kill] [--config FILE] [--reason best|last]`) made
+/// parseable: optional brackets unwrapped, alternatives reduced to the first, placeholders
+/// replaced by sample values, so every flag it names is still checked.
+fn instantiate(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in args {
+        let a = a
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim_end_matches("...");
+        let a = a.split('|').next().unwrap_or(a).trim_end_matches(",");
+        if a.is_empty() {
+            continue;
+        }
+        let placeholder = a.len() > 0
+            && a.chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            && a.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+        out.push(if !placeholder {
+            a.to_owned()
+        } else {
+            match a {
+                "ID" | "EXP" | "PARENT" => "exp-001".to_owned(),
+                "N" | "E" | "T" | "SEQ" | "SECS" | "SECONDS" | "EPOCH" | "TOTAL" | "OFFSET" => {
+                    "1".to_owned()
+                }
+                "NAME=VALUE" => "m=1".to_owned(),
+                "K" | "KIND" => "EpochEnded".to_owned(),
+                _ => "x".to_owned(),
+            }
+        });
+    }
+    out
+}
+
 fn check(path: &Path) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (line, text) in commands(path) {
+    for (line, place, text) in commands(path) {
         for args in invocations(&text) {
             checked += 1;
+            let args = instantiate(&args);
             if let Err(e) = Cli::try_parse_from(&args) {
+                use clap::error::ErrorKind;
+                let mention_only = matches!(
+                    e.kind(),
+                    ErrorKind::MissingRequiredArgument
+                        | ErrorKind::InvalidValue
+                        | ErrorKind::ValueValidation
+                        | ErrorKind::MissingSubcommand
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                );
+                if place == Place::Inline && mention_only {
+                    continue;
+                }
                 let first = e.to_string().lines().next().unwrap_or("").to_owned();
                 failures.push(format!(
                     "{}:{line}: `{}`: {first}",
@@ -134,14 +192,35 @@ fn a_misspelt_command_is_caught_with_file_and_line() {
     let doc = dir.path().join("agent.md");
     std::fs::write(
         &doc,
-        "# Agent\n\nRun `zolog verify` first.\n\n```sh\nzolog log --kind EpochEnded\nzolog apend events.jsonl\n```\n",
+        "# Agent\n\nRun `zolog verify` first, then `zolog watch ID` or `zolog wach ID`.\n\n```sh\nzolog log --kind EpochEnded\nzolog apend events.jsonl\nzolog watch\n```\n",
     )
     .unwrap();
     let (checked, failures) = check(&doc);
-    assert_eq!(checked, 3);
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    assert!(failures[0].contains("agent.md:7"), "{}", failures[0]);
-    assert!(failures[0].contains("apend"), "{}", failures[0]);
+    assert_eq!(checked, 6);
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(
+        failures[0].contains("agent.md:3") && failures[0].contains("wach"),
+        "{}",
+        failures[0]
+    );
+    assert!(
+        failures[1].contains("agent.md:7") && failures[1].contains("apend"),
+        "{}",
+        failures[1]
+    );
+    // In a runnable block, a missing argument is an error too.
+    assert!(failures[2].contains("agent.md:8"), "{}", failures[2]);
+}
+
+#[test]
+fn synopses_are_checked_flag_by_flag() {
+    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let ok = instantiate(&words(
+        "zolog log [--exp ID] [--kind K] [--since SEQ] [--follow]",
+    ));
+    assert!(Cli::try_parse_from(&ok).is_ok(), "{ok:?}");
+    let bad = instantiate(&words("zolog log [--exp ID] [--knd K]"));
+    assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! One integration-test binary (see ARCHITECTURE.md): every module below is a group of tests.
 
 mod bitflips;
+mod checker;
 mod checkpoints;
 mod cli_append;
 mod common;
