@@ -20,6 +20,8 @@ fn invocations(line: &str) -> Vec<Vec<String>> {
     };
     let mut out = Vec::new();
     for part in line.split(['|', ';']).flat_map(|p| p.split("&&")) {
+        // A trailing `&` runs the command in the background.
+        let part = part.trim().trim_end_matches('&');
         let Some(mut words) = shlex::split(part.trim()) else {
             continue;
         };
@@ -226,7 +228,7 @@ fn synopses_are_checked_flag_by_flag() {
 #[test]
 fn pipelines_env_and_cargo_run_are_understood() {
     assert_eq!(
-        invocations("ZO_STORE=/tmp/s zolog log | zolog --store b append  # copy"),
+        invocations("ZO_STORE=/tmp/s zolog log | zolog --store b append &  # copy"),
         vec![
             vec!["zolog".to_owned(), "log".to_owned()],
             vec![
