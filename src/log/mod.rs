@@ -175,6 +175,11 @@ impl Log {
             .fs
             .list(&self.inner.dir)
             .map_err(|e| LogError::io("list", &self.inner.dir, e))?;
+        Ok(Self::segments_in(&names))
+    }
+
+    /// First sequence numbers of the segments among these file names, in order.
+    fn segments_in(names: &[String]) -> Vec<u64> {
         let mut seqs: Vec<u64> = names
             .iter()
             .filter_map(|n| n.strip_suffix(SEGMENT_EXT))
@@ -182,7 +187,7 @@ impl Log {
             .filter_map(|stem| stem.parse().ok())
             .collect();
         seqs.sort_unstable();
-        Ok(seqs)
+        seqs
     }
 
     /// Who holds the writer lock right now, if anybody.
@@ -423,7 +428,7 @@ impl Log {
                 .map_err(|e| LogError::io("remove", &p, e))?;
             removed = true;
         }
-        let segments = self.segments()?;
+        let segments = Self::segments_in(&names);
         let Some(&last) = segments.last() else {
             if removed {
                 self.sync_dir()?;
@@ -579,9 +584,12 @@ impl Log {
 
     /// Check every segment read-only. `check_payload` validates each payload (the log does not
     /// know what they mean); `progress` is told bytes done and total.
+    ///
+    /// Segments are checked in parallel (one thread per core, each reading whole segments into a
+    /// buffer it reuses); whether they join up is checked afterwards, in order.
     pub fn verify(
         &self,
-        check_payload: &mut PayloadCheck<'_>,
+        check_payload: &PayloadCheck<'_>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<VerifyReport> {
         let segments = self.segments()?;
@@ -597,6 +605,92 @@ impl Log {
             sizes.push(len);
         }
         let total: u64 = sizes.iter().sum();
+        let writer_active = self.lock_holder();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(segments.len())
+            .max(1);
+        let mut outcomes: Vec<Option<SegmentCheck>> = Vec::new();
+        outcomes.resize_with(segments.len(), || None);
+        if workers == 1 {
+            let mut buf = Vec::new();
+            let mut done = 0;
+            for (i, &first) in segments.iter().enumerate() {
+                let c =
+                    self.check_segment(first, i + 1 == segments.len(), &mut buf, check_payload)?;
+                done += c.report.bytes;
+                outcomes[i] = Some(c);
+                progress(done, total);
+            }
+        } else {
+            self.check_in_parallel(
+                &segments,
+                workers,
+                check_payload,
+                total,
+                progress,
+                &mut outcomes,
+            )?;
+        }
+        self.assemble(outcomes, total, writer_active)
+    }
+
+    fn check_in_parallel(
+        &self,
+        segments: &[u64],
+        workers: usize,
+        check_payload: &PayloadCheck<'_>,
+        total: u64,
+        progress: &mut dyn FnMut(u64, u64),
+        outcomes: &mut [Option<SegmentCheck>],
+    ) -> Result<()> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<SegmentCheck>)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let next = &next;
+                scope.spawn(move || {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&first) = segments.get(i) else { break };
+                        let is_last = i + 1 == segments.len();
+                        let r = self.check_segment(first, is_last, &mut buf, check_payload);
+                        let failed = r.is_err();
+                        if tx.send((i, r)).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut done = 0u64;
+            for (i, r) in rx {
+                match r {
+                    Ok(c) => {
+                        done += c.report.bytes;
+                        outcomes[i] = Some(c);
+                        progress(done, total);
+                    }
+                    Err(e) => {
+                        // Stop the other workers at their next segment.
+                        next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Put the segments' findings together, checking that they join up.
+    fn assemble(
+        &self,
+        outcomes: Vec<Option<SegmentCheck>>,
+        total: u64,
+        writer_active: Option<String>,
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport {
             segments: Vec::new(),
             records: 0,
@@ -604,52 +698,32 @@ impl Log {
             last_seq: None,
             bytes: total,
             problems: Vec::new(),
-            writer_active: self.lock_holder(),
+            writer_active,
         };
-        let mut done = 0u64;
         let mut expected: Option<(u64, u32)> = None; // (next seq, tail crc) of the previous segment
-        let max = self.inner.opts.max_record;
-        for (i, &first) in segments.iter().enumerate() {
-            let path = self.segment_path(first);
-            let is_last = i + 1 == segments.len();
-            let bytes = self.read_all(&path)?;
-            let mut seg = SegmentReport {
-                path: path.clone(),
-                first_seq: first,
-                records: 0,
-                bytes: bytes.len() as u64,
+        for c in outcomes
+            .into_iter()
+            .map(|c| c.expect("every segment checked"))
+        {
+            let SegmentCheck {
+                report: seg,
+                header,
+                head_problems,
+                problems,
+                next_seq,
+                tail_crc,
+            } = c;
+            report.problems.extend(head_problems);
+            let Some(header) = header else {
+                report.problems.extend(problems);
+                report.segments.push(seg);
+                expected = None;
+                continue;
             };
-            let (header, hlen) = match SegmentHeader::decode(&bytes) {
-                Ok(h) => h,
-                Err(e) => {
-                    report.problems.push(Problem {
-                        segment: path.clone(),
-                        offset: 0,
-                        kind: ProblemKind::Damage,
-                        message: e.to_string(),
-                    });
-                    report.segments.push(seg);
-                    expected = None;
-                    done += bytes.len() as u64;
-                    progress(done, total);
-                    continue;
-                }
-            };
-            if header.first_seq != first {
-                report.problems.push(Problem {
-                    segment: path.clone(),
-                    offset: 16,
-                    kind: ProblemKind::Damage,
-                    message: format!(
-                        "segment header says first seq {}, its name says {first}",
-                        header.first_seq
-                    ),
-                });
-            }
             if let Some((next, crc)) = expected {
                 if header.first_seq != next {
                     report.problems.push(Problem {
-                        segment: path.clone(),
+                        segment: seg.path.clone(),
                         offset: 16,
                         kind: ProblemKind::Chain,
                         message: format!(
@@ -659,7 +733,7 @@ impl Log {
                     });
                 } else if header.prev_tail_crc != crc {
                     report.problems.push(Problem {
-                        segment: path.clone(),
+                        segment: seg.path.clone(),
                         offset: 24,
                         kind: ProblemKind::Chain,
                         message:
@@ -668,57 +742,144 @@ impl Log {
                     });
                 }
             }
-            let mut payload_problems = Vec::new();
-            let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |r| {
-                if let Err(msg) = check_payload(r.seq, r.payload) {
-                    payload_problems.push(Problem {
-                        segment: path.clone(),
-                        offset: r.offset,
-                        kind: ProblemKind::Payload,
-                        message: format!("record {}: {msg}", r.seq),
-                    });
-                }
-                Ok(())
-            })
-            .unwrap_or_else(|()| unreachable!());
-            report.problems.extend(payload_problems);
-            seg.records = s.records;
-            report.records += s.records;
-            if s.records > 0 {
+            report.problems.extend(problems);
+            report.records += seg.records;
+            if seg.records > 0 {
                 report.first_seq.get_or_insert(header.first_seq);
-                report.last_seq = Some(s.next_seq - 1);
+                report.last_seq = Some(next_seq - 1);
             }
-            match &s.tail {
-                Tail::Clean => {}
-                Tail::Torn { reason, .. } if is_last => report.problems.push(Problem {
-                    segment: path.clone(),
-                    offset: (hlen + s.clean_end) as u64,
-                    kind: ProblemKind::TornTail,
-                    message: format!(
-                        "torn tail of {} byte(s): {reason}",
-                        bytes.len() - hlen - s.clean_end
-                    ),
-                }),
-                Tail::Torn { at, reason } | Tail::Damaged { at, reason } => {
-                    report.problems.push(Problem {
-                        segment: path.clone(),
-                        offset: (hlen + at) as u64,
-                        kind: ProblemKind::Damage,
-                        message: reason.clone(),
-                    })
-                }
-            }
-            expected = Some((s.next_seq, s.last_crc.unwrap_or(header.prev_tail_crc)));
+            expected = Some((next_seq, tail_crc));
             report.segments.push(seg);
-            done += bytes.len() as u64;
-            progress(done, total);
         }
         Ok(report)
     }
+
+    /// Read a whole segment into `buf` (reused: it only grows) and check it on its own.
+    fn check_segment(
+        &self,
+        first: u64,
+        is_last: bool,
+        buf: &mut Vec<u8>,
+        check_payload: &PayloadCheck<'_>,
+    ) -> Result<SegmentCheck> {
+        let path = self.segment_path(first);
+        let mut file = self
+            .inner
+            .fs
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if buf.len() < len {
+            // (vec! of zeros is calloc: no byte-by-byte fill)
+            *buf = vec![0u8; len];
+        }
+        let mut filled = 0;
+        while filled < len {
+            let n = file
+                .read_at(filled as u64, &mut buf[filled..len])
+                .map_err(|e| LogError::io("read", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let bytes = &buf[..filled];
+        let max = self.inner.opts.max_record;
+        let mut c = SegmentCheck {
+            report: SegmentReport {
+                path: path.clone(),
+                first_seq: first,
+                records: 0,
+                bytes: bytes.len() as u64,
+            },
+            header: None,
+            head_problems: Vec::new(),
+            problems: Vec::new(),
+            next_seq: first,
+            tail_crc: 0,
+        };
+        let (header, hlen) = match SegmentHeader::decode(bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                c.head_problems.push(Problem {
+                    segment: path,
+                    offset: 0,
+                    kind: ProblemKind::Damage,
+                    message: e.to_string(),
+                });
+                return Ok(c);
+            }
+        };
+        c.header = Some(header);
+        if header.first_seq != first {
+            c.head_problems.push(Problem {
+                segment: path.clone(),
+                offset: 16,
+                kind: ProblemKind::Damage,
+                message: format!(
+                    "segment header says first seq {}, its name says {first}",
+                    header.first_seq
+                ),
+            });
+        }
+        let problems = &mut c.problems;
+        let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |r| {
+            if let Err(msg) = check_payload(r.seq, r.payload) {
+                problems.push(Problem {
+                    segment: path.clone(),
+                    offset: r.offset,
+                    kind: ProblemKind::Payload,
+                    message: format!("record {}: {msg}", r.seq),
+                });
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|()| unreachable!());
+        match &s.tail {
+            Tail::Clean => {}
+            Tail::Torn { reason, .. } if is_last => c.problems.push(Problem {
+                segment: path.clone(),
+                offset: (hlen + s.clean_end) as u64,
+                kind: ProblemKind::TornTail,
+                message: format!(
+                    "torn tail of {} byte(s): {reason}",
+                    bytes.len() - hlen - s.clean_end
+                ),
+            }),
+            Tail::Torn { at, reason } | Tail::Damaged { at, reason } => c.problems.push(Problem {
+                segment: path.clone(),
+                offset: (hlen + at) as u64,
+                kind: ProblemKind::Damage,
+                message: reason.clone(),
+            }),
+        }
+        c.report.records = s.records;
+        c.next_seq = s.next_seq;
+        c.tail_crc = s.last_crc.unwrap_or(header.prev_tail_crc);
+        Ok(c)
+    }
 }
 
-/// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it.
-pub type PayloadCheck<'a> = dyn FnMut(u64, &[u8]) -> std::result::Result<(), String> + 'a;
+/// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it. Called from
+/// several threads at once.
+pub type PayloadCheck<'a> = dyn Fn(u64, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
+
+/// What checking one segment on its own found; chaining is checked afterwards.
+#[derive(Debug)]
+struct SegmentCheck {
+    report: SegmentReport,
+    /// None when the header itself is bad.
+    header: Option<SegmentHeader>,
+    /// Problems with the header, reported before the chain's.
+    head_problems: Vec<Problem>,
+    /// Problems with the records, reported after the chain's.
+    problems: Vec<Problem>,
+    /// Seq after the last complete batch.
+    next_seq: u64,
+    /// `header_crc` of the last record (or the header's `prev_tail_crc` when there is none).
+    tail_crc: u32,
+}
 
 /// Result of [`Log::verify`].
 #[derive(Debug, Clone, serde::Serialize)]

@@ -100,7 +100,10 @@ fn four_processes_appending_at_once_interleave_only_whole_batches() {
                 let out = child.wait_with_output().unwrap();
                 assert!(out.status.success());
                 let text = String::from_utf8(out.stdout).unwrap();
-                assert!(text.starts_with(&format!("appended {STREAM} event(s)")), "{text}");
+                assert!(
+                    text.starts_with(&format!("appended {STREAM} event(s)")),
+                    "{text}"
+                );
             })
         })
         .collect();
@@ -140,7 +143,11 @@ fn four_processes_appending_at_once_interleave_only_whole_batches() {
             assert_eq!(*t, (w, b, i0 + k), "batch {batch:?} interleaves");
         }
         if b < ATOMIC {
-            assert_eq!((i0, tags.len()), (0, ATOMIC_LEN), "an --atomic input is one batch");
+            assert_eq!(
+                (i0, tags.len()),
+                (0, ATOMIC_LEN),
+                "an --atomic input is one batch"
+            );
         } else {
             streamed_batches += 1;
         }
@@ -155,11 +162,7 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     let (_dir, root) = init_store();
     let store = Store::open(&root, StoreOptions::default()).unwrap();
     let held = store.writer().unwrap();
-    let holder = format!(
-        "pid {} on {}",
-        std::process::id(),
-        zolog::event::hostname()
-    );
+    let holder = format!("pid {} on {}", std::process::id(), zolog::event::hostname());
     let lock_file = std::fs::read_to_string(root.join("log/LOCK")).unwrap();
     assert!(lock_file.starts_with(&holder), "{lock_file}");
     let exe = std::env::current_exe().unwrap();
@@ -174,7 +177,10 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     let waited = started.elapsed();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("locked by {holder} ({exe_name}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("locked by {holder} ({exe_name}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("gave up after 400ms"), "{stderr}");
     assert!(waited >= Duration::from_millis(400), "it waited {waited:?}");
     // Nothing was appended.
@@ -199,12 +205,18 @@ fn lock_timeout_names_the_holder_and_waiting_writers_get_in() {
     assert!(child.try_wait().unwrap().is_none(), "it waits for the lock");
     drop(held);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(store.events(1).unwrap().len(), 2);
 }
 
-const GOOD_1: &str = r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":0,"metrics":{"loss":NaN,"acc":0.5}}"#;
-const GOOD_2: &str = r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"ok"}"#;
+const GOOD_1: &str =
+    r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":0,"metrics":{"loss":NaN,"acc":0.5}}"#;
+const GOOD_2: &str =
+    r#"{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"ok"}"#;
 
 /// Each bad line is reported with its line number and what is wrong with it (the field path where
 /// there is one); the good lines are appended; the exit status is non-zero.
@@ -254,7 +266,10 @@ fn bad_lines_are_reported_with_line_numbers_and_good_lines_appended() {
         assert_eq!(reported.len(), expect.len(), "{stderr}");
         for ((line, needles), got) in expect.iter().zip(&reported) {
             let prefix = format!("zolog: {name}:{line}");
-            assert!(got.starts_with(&prefix), "{got:?} should start with {prefix:?}");
+            assert!(
+                got.starts_with(&prefix),
+                "{got:?} should start with {prefix:?}"
+            );
             for n in *needles {
                 assert!(got.contains(n), "line {line}: {n:?} not in {got:?}");
             }
@@ -298,4 +313,90 @@ fn bad_lines_are_reported_with_line_numbers_and_good_lines_appended() {
         .stdout("appended 3 event(s), last seq 4\n");
     let batches = raw_batches(&root.join("log"));
     assert_eq!(batches, vec![vec![1], vec![2, 3, 4]]);
+}
+
+/// Line numbers stay right across the blocks a large input is read in, and a line that is not
+/// UTF-8 is one rejected line (regression: it ended the whole input as an I/O error).
+#[test]
+fn line_numbers_hold_across_blocks_and_bad_bytes_reject_one_line() {
+    let (_dir, root) = init_store();
+    let mut input = Vec::new();
+    let mut bad = Vec::new();
+    for i in 1..=30_000usize {
+        if i % 7919 == 0 {
+            bad.push(i);
+            input.extend_from_slice(b"{\"type\":\"NoteAdded\",\"text\":\"\xff\xfe\"}\n");
+        } else if i % 10_007 == 0 {
+            bad.push(i);
+            input.extend_from_slice(b"{\"type\":\"Nope\"}\n");
+        } else {
+            input.extend_from_slice(note(0, 0, i).as_bytes());
+        }
+    }
+    let mut child = Command::new(zolog_bin())
+        .arg("append")
+        .env("ZO_STORE", &root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Odd-sized writes, so reads end mid-line.
+    let writer = std::thread::spawn(move || {
+        for piece in input.chunks(77_777) {
+            stdin.write_all(piece).unwrap();
+        }
+    });
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<usize> = stderr
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("zolog: <stdin>:").unwrap();
+            rest.split(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(lines, bad, "{stderr}");
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    let events = Store::open(&root, StoreOptions::default())
+        .unwrap()
+        .events(2)
+        .unwrap();
+    assert_eq!(events.len(), 30_000 - bad.len());
+    let want: Vec<usize> = (1..=30_000).filter(|i| !bad.contains(i)).collect();
+    let got: Vec<usize> = events.iter().map(|e| tag(e).2).collect();
+    assert_eq!(got, want);
+}
+
+/// A slow producer's lines are appended (durably) as they arrive, not held back until the input
+/// ends or a batch fills.
+#[test]
+fn a_slow_producers_lines_are_appended_as_they_arrive() {
+    let (_dir, root) = init_store();
+    let mut child = Command::new(zolog_bin())
+        .arg("append")
+        .env("ZO_STORE", &root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let store = Store::open(&root, StoreOptions::default()).unwrap();
+    for i in 0..3 {
+        stdin.write_all(note(0, 0, i).as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.events(1).unwrap().len() < i + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "line {i} was not appended while stdin stayed open"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }

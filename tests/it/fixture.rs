@@ -34,7 +34,9 @@ fn fixture_events() -> Vec<Event> {
             Event {
                 seq,
                 time: Timestamp(1_795_000_000_000_000_000 + seq as i64 * 1_000_000_123),
-                appended: (seq % 3 == 0).then(|| Timestamp(1_795_000_100_000_000_000)),
+                appended: seq
+                    .is_multiple_of(3)
+                    .then_some(Timestamp(1_795_000_100_000_000_000)),
                 source: source(kinds[i % 4]),
                 payload,
             }
@@ -77,8 +79,8 @@ fn v1_fixture_reads_back_exactly() {
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
     let log = store.log();
     assert_eq!(log.segments().unwrap(), vec![1, 9]);
-    let mut check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
-    let report = log.verify(&mut check, &mut |_, _| {}).unwrap();
+    let check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
+    let report = log.verify(&check, &mut |_, _| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!((report.records, report.last_seq), (14, Some(14)));
 
@@ -121,7 +123,10 @@ fn v1_fixture_reads_back_exactly() {
         ]
     );
     assert_eq!(events[0].time.to_string(), "2026-11-18T11:06:41.000000123Z");
-    assert_eq!(events[2].appended, Some(Timestamp(1_795_000_100_000_000_000)));
+    assert_eq!(
+        events[2].appended,
+        Some(Timestamp(1_795_000_100_000_000_000))
+    );
     assert_eq!(events[1].source.kind, SourceKind::Trainer);
     assert_eq!(events[1].source.host.as_deref(), Some("gpu-1"));
     let Payload::EpochEnded(e) = &events[4].payload else {
@@ -129,10 +134,16 @@ fn v1_fixture_reads_back_exactly() {
     };
     assert_eq!(e.experiment_id.as_str(), "exp-001");
     assert_eq!((e.epoch, e.step), (0, Some(100)));
-    assert_eq!(e.metrics.get("val_loss").unwrap().to_bits(), 0x7ff8_0000_0000_0000);
+    assert_eq!(
+        e.metrics.get("val_loss").unwrap().to_bits(),
+        0x7ff8_0000_0000_0000
+    );
     assert_eq!(e.metrics.get("grad_norm"), Some(f64::INFINITY));
     assert_eq!(e.metrics.get("val_acc"), Some(f64::NEG_INFINITY));
-    assert_eq!(e.metrics.get("zero").unwrap().to_bits(), 0x8000_0000_0000_0000);
+    assert_eq!(
+        e.metrics.get("zero").unwrap().to_bits(),
+        0x8000_0000_0000_0000
+    );
     let Payload::ResultRecorded(r) = &events[10].payload else {
         panic!("seq 11")
     };
@@ -148,7 +159,11 @@ fn v1_fixture_reads_back_exactly() {
     std::fs::create_dir(tmp.path().join("log")).unwrap();
     for seg in log.segments().unwrap() {
         let name = log.segment_path(seg);
-        std::fs::copy(&name, tmp.path().join("log").join(name.file_name().unwrap())).unwrap();
+        std::fs::copy(
+            &name,
+            tmp.path().join("log").join(name.file_name().unwrap()),
+        )
+        .unwrap();
     }
     let copy = Store::open(tmp.path(), StoreOptions::default()).unwrap();
     let a = copy
@@ -159,6 +174,9 @@ fn v1_fixture_reads_back_exactly() {
         .unwrap();
     assert_eq!(a.first_seq, 15);
     assert!(std::fs::read_dir(tmp.path().join("log")).unwrap().all(|e| {
-        !e.unwrap().file_name().to_string_lossy().ends_with(".broken")
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".broken")
     }));
 }

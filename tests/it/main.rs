@@ -1,10 +1,10 @@
 //! One integration-test binary (see ARCHITECTURE.md).
 
 mod bitflips;
+mod cli_append;
 mod common;
+mod fixture;
+mod kill9;
 mod log_faults;
 mod roundtrip;
 mod torn_tail;
-mod kill9;
-mod cli_append;
-mod fixture;
