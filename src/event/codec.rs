@@ -28,11 +28,29 @@ fn cfg() -> Configuration {
     config::standard()
 }
 
+/// bincode's output straight into a Vec. Most writes are one byte (a varint, a tag) or eight (a
+/// float): those are pushed without a call to memcpy.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        match bytes {
+            [b] => self.0.push(*b),
+            _ => match <[u8; 8]>::try_from(bytes) {
+                Ok(a) => self.0.extend_from_slice(&a),
+                Err(_) => self.0.extend_from_slice(bytes),
+            },
+        }
+        Ok(())
+    }
+}
+
 /// Append the encoding of an event body to `out`.
 pub fn encode_into(event: &NewEvent, out: &mut Vec<u8>) {
     out.push(EVENT_ENCODING_VERSION);
     let body = (&event.time, &event.appended, &event.source, &event.payload);
-    bincode::encode_into_std_write(body, out, cfg()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_writer(body, VecWriter(out), cfg()).expect("writing to a Vec cannot fail");
 }
 
 /// Append the encoding of an event body given by its parts (no need to own them).
@@ -45,7 +63,7 @@ pub fn encode_parts_into(
 ) {
     out.push(EVENT_ENCODING_VERSION);
     let body = (&time, &appended, source, payload);
-    bincode::encode_into_std_write(body, out, cfg()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_writer(body, VecWriter(out), cfg()).expect("writing to a Vec cannot fail");
 }
 
 /// Encode an event body.
@@ -60,7 +78,8 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(EVENT_ENCODING_VERSION);
     let body = (&event.time, &event.appended, &event.source, &event.payload);
-    bincode::encode_into_std_write(body, &mut out, cfg()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_writer(body, VecWriter(&mut out), cfg())
+        .expect("writing to a Vec cannot fail");
     out
 }
 
