@@ -442,11 +442,7 @@ impl Log {
             return Ok((w, None));
         };
         let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
-        // The last segment's directory entry may never have been made durable (its creator died
-        // before the directory fsync, or that fsync failed): make it so before anything more is
-        // acknowledged in it (wal-rules 8). Not needed when a writer of this process appended to
-        // it, which it only does after its own directory fsync succeeded.
-        if removed || hint.is_none_or(|h| h.segment_first_seq != last) {
+        if removed {
             self.sync_dir()?;
         }
         let path = self.segment_path(last);
@@ -482,7 +478,7 @@ impl Log {
                 poisoned: None,
                 buf: Vec::new(),
             };
-            return Ok((w, cut));
+            return self.entry_durable(w, cut, removed);
         }
 
         let bytes = file
@@ -521,6 +517,23 @@ impl Log {
             poisoned: None,
             buf: Vec::new(),
         };
+        self.entry_durable(w, cut, removed)
+    }
+
+    /// A segment that holds no record yet may have a directory entry that was never made durable
+    /// (its creator died before the directory fsync, or that fsync failed and poisoned it): make
+    /// it durable before anything is acknowledged in it (wal-rules 8). A segment with records
+    /// needs nothing: every writer appends only after this, or after creating the segment with a
+    /// directory fsync that succeeded.
+    fn entry_durable(
+        &self,
+        w: Writer,
+        cut: Option<Cut>,
+        synced: bool,
+    ) -> Result<(Writer, Option<Cut>)> {
+        if w.last_record_at.is_none() && !synced {
+            self.sync_dir()?;
+        }
         Ok((w, cut))
     }
 
