@@ -134,7 +134,12 @@ const IN_FLIGHT: usize = 64;
 /// Read the input in blocks cut at line boundaries (one per `read`, so a slow producer gets its
 /// lines acknowledged promptly), parse and encode them on `workers` threads, and deliver the
 /// results in input order.
-fn spawn_pipeline(mut input: Box<dyn Read + Send>, source: Source, workers: usize) -> Pipeline {
+fn spawn_pipeline(
+    mut input: Box<dyn Read + Send>,
+    source: Source,
+    workers: usize,
+    max_record: usize,
+) -> Pipeline {
     // Enough in flight that parsing goes on while the writer waits for fdatasync: the next batch
     // is whatever was parsed meanwhile (at most IN_FLIGHT blocks, a few MiB).
     let (block_tx, block_rx) = mpsc::sync_channel::<Block>(workers * 2);
@@ -198,7 +203,7 @@ fn spawn_pipeline(mut input: Box<dyn Read + Send>, source: Source, workers: usiz
                     Ok(Ok(b)) => b,
                     _ => return,
                 };
-                if tx.send(parse_block(block, &source)).is_err() {
+                if tx.send(parse_block(block, &source, max_record)).is_err() {
                     return;
                 }
             }
@@ -249,7 +254,7 @@ impl Pipeline {
     }
 }
 
-fn parse_block(block: Block, source: &Source) -> Parsed {
+fn parse_block(block: Block, source: &Source, max_record: usize) -> Parsed {
     // Lines that arrived in one read arrived at the same time.
     let now = crate::event::Timestamp::now();
     let mut out = Parsed {
@@ -297,7 +302,22 @@ fn parse_block(block: Block, source: &Source) -> Parsed {
         };
         match json::parse_input_line(text) {
             Ok(ev) => {
+                let start = out.payloads.len();
                 ev.encode_into(source, now, &mut out.payloads);
+                let len = out.payloads.len() - start;
+                if len > max_record {
+                    out.payloads.truncate(start);
+                    out.rejected.push((
+                        this,
+                        LineError {
+                            column: None,
+                            message: format!(
+                                "the event is {len} bytes encoded, over the maximum record size of {max_record}"
+                            ),
+                        },
+                    ));
+                    continue;
+                }
                 out.ends.push(out.payloads.len());
             }
             Err(e) => out.rejected.push((this, e)),
@@ -320,7 +340,8 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
     // Parsing is most of the work: one parser per core, the writer (this thread) mostly waits
     // for fdatasync.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let mut pipeline = spawn_pipeline(input, source, workers);
+    let max_record = store.log().options().max_record as usize;
+    let mut pipeline = spawn_pipeline(input, source, workers, max_record);
     let mut stderr = io::stderr().lock();
     let mut appended = 0u64;
     let mut rejected = 0u64;

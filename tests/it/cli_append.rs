@@ -400,3 +400,27 @@ fn a_slow_producers_lines_are_appended_as_they_arrive() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// An event over the maximum record size (16 MiB) is one rejected line, not the end of the input.
+#[test]
+fn an_event_over_the_maximum_record_size_is_one_rejected_line() {
+    let (_dir, root) = init_store();
+    let big = format!(
+        "{{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"{}\"}}\n",
+        "x".repeat(16 * 1024 * 1024 + 1)
+    );
+    let input = format!("{}{big}{}", note(0, 0, 1), note(0, 0, 3));
+    let out = zolog(&root)
+        .arg("append")
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("zolog: <stdin>:2: the event is 16777")
+            && stderr.contains("maximum record size of 16777216"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("appended 2 event(s), last seq 3"));
+}
