@@ -1,7 +1,7 @@
 //! `zolog init`, `append`, `log`, `verify`, `recover`: the log itself.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -89,85 +89,241 @@ impl From<SourceArg> for SourceKind {
     }
 }
 
-/// Lines parsed and encoded by the reader thread, handed to the writer.
-struct Chunk {
-    payloads: Vec<Vec<u8>>,
-    rejected: Vec<(usize, LineError)>,
+/// Raw input cut at a line boundary, as one `read` delivered it.
+struct Block {
+    /// Position in the input: blocks are appended in this order.
+    index: usize,
+    /// Number of the block's first line (1-based).
+    first_line: usize,
+    data: Vec<u8>,
+    /// The input ended here without a newline after the last line.
+    unterminated: bool,
     /// An I/O error reading the input (ends the input).
     failed: Option<io::Error>,
 }
 
-/// Most events, and bytes, in one batch (one fdatasync).
-const BATCH_EVENTS: usize = 8192;
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A block parsed and encoded: its events, back to back, and the lines it rejected.
+struct Parsed {
+    index: usize,
+    payloads: Vec<u8>,
+    /// End offset of each payload in `payloads`.
+    ends: Vec<usize>,
+    rejected: Vec<(usize, LineError)>,
+    failed: Option<io::Error>,
+}
 
-/// Read, parse and encode lines on their own thread; send a chunk whenever the batch is full or
-/// the input has nothing more buffered (so a slow producer gets prompt acknowledgements).
-fn spawn_reader(input: Box<dyn Read + Send>, source: Source) -> mpsc::Receiver<Chunk> {
-    let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
+impl Parsed {
+    fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let p = &self.payloads[start..end];
+            start = end;
+            p
+        })
+    }
+}
+
+/// Most events, and bytes, in one batch (one fdatasync).
+const BATCH_EVENTS: usize = 16384;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes read at once.
+const READ_BLOCK: usize = 256 * 1024;
+/// Most parsed blocks waiting for the writer.
+const IN_FLIGHT: usize = 64;
+
+/// Read the input in blocks cut at line boundaries (one per `read`, so a slow producer gets its
+/// lines acknowledged promptly), parse and encode them on `workers` threads, and deliver the
+/// results in input order.
+fn spawn_pipeline(
+    mut input: Box<dyn Read + Send>,
+    source: Source,
+    workers: usize,
+    max_record: usize,
+) -> Pipeline {
+    // Enough in flight that parsing goes on while the writer waits for fdatasync: the next batch
+    // is whatever was parsed meanwhile (at most IN_FLIGHT blocks, a few MiB).
+    let (block_tx, block_rx) = mpsc::sync_channel::<Block>(workers * 2);
+    let (parsed_tx, parsed_rx) = mpsc::sync_channel::<Parsed>(IN_FLIGHT);
     std::thread::spawn(move || {
-        let mut reader = BufReader::with_capacity(1 << 20, input);
-        let mut line = String::new();
-        let mut lineno = 0usize;
-        let mut chunk = Chunk {
-            payloads: Vec::new(),
-            rejected: Vec::new(),
-            failed: None,
-        };
-        let mut bytes = 0usize;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; READ_BLOCK];
+        let mut line = 1usize;
+        let mut index = 0usize;
         loop {
-            line.clear();
-            let n = match reader.read_line(&mut line) {
-                Ok(n) => n,
-                Err(e) => {
-                    chunk.failed = Some(e);
-                    let _ = tx.send(chunk);
-                    return;
+            let (n, failed) = loop {
+                match input.read(&mut buf) {
+                    Ok(n) => break (n, None),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break (0, Some(e)),
                 }
             };
-            if n == 0 {
-                break;
-            }
-            lineno += 1;
-            if !line.trim().is_empty() {
-                if !line.ends_with('\n') {
-                    // A last line without its newline: a write that may not be finished.
-                    chunk.rejected.push((
-                        lineno,
-                        LineError {
-                            column: None,
-                            message:
-                                "last line has no newline (a write in progress?); not appended"
-                                    .into(),
-                        },
-                    ));
-                } else {
-                    match json::parse_input_line(&line) {
-                        Ok(ev) => {
-                            let p = codec::encode(&ev.into_new(&source));
-                            bytes += p.len();
-                            chunk.payloads.push(p);
-                        }
-                        Err(e) => chunk.rejected.push((lineno, e)),
-                    }
-                }
-            }
-            let full = chunk.payloads.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES;
-            if full || reader.buffer().is_empty() {
-                let next = Chunk {
-                    payloads: Vec::with_capacity(chunk.payloads.len()),
-                    rejected: Vec::new(),
-                    failed: None,
+            let mut data = std::mem::take(&mut carry);
+            let old = data.len();
+            data.extend_from_slice(&buf[..n]);
+            let end = n == 0;
+            if failed.is_some() {
+                // No next block: an incomplete last line is dropped, never appended.
+                let cut = data
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |at| at + 1);
+                data.truncate(cut);
+            } else if !end {
+                // Keep an incomplete last line for the next block.
+                let Some(at) = memchr::memrchr(b'\n', &data[old..]) else {
+                    carry = data;
+                    continue;
                 };
-                if tx.send(std::mem::replace(&mut chunk, next)).is_err() {
-                    return;
-                }
-                bytes = 0;
+                carry.extend_from_slice(&data[old + at + 1..]);
+                data.truncate(old + at + 1);
+            }
+            let lines = memchr::memchr_iter(b'\n', &data).count();
+            let unterminated = end && failed.is_none() && data.last().is_some_and(|&b| b != b'\n');
+            let block = Block {
+                index,
+                first_line: line,
+                data,
+                unterminated,
+                failed,
+            };
+            line += lines;
+            index += 1;
+            let stop = end || block.failed.is_some();
+            if block_tx.send(block).is_err() || stop {
+                return;
             }
         }
-        let _ = tx.send(chunk);
     });
-    rx
+    let block_rx = std::sync::Arc::new(std::sync::Mutex::new(block_rx));
+    for _ in 0..workers {
+        let (rx, tx, source) = (block_rx.clone(), parsed_tx.clone(), source.clone());
+        std::thread::spawn(move || {
+            loop {
+                let block = match rx.lock().map(|r| r.recv()) {
+                    Ok(Ok(b)) => b,
+                    _ => return,
+                };
+                if tx.send(parse_block(block, &source, max_record)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(parsed_tx);
+    Pipeline {
+        rx: parsed_rx,
+        waiting: std::collections::BTreeMap::new(),
+        next: 0,
+    }
+}
+
+/// The parsed blocks, back in input order.
+struct Pipeline {
+    rx: mpsc::Receiver<Parsed>,
+    waiting: std::collections::BTreeMap<usize, Parsed>,
+    next: usize,
+}
+
+impl Pipeline {
+    /// The next block, waiting for it; None at the end of the input.
+    fn recv(&mut self) -> Option<Parsed> {
+        loop {
+            if let Some(p) = self.ready() {
+                return Some(p);
+            }
+            let p = self.rx.recv().ok()?;
+            self.waiting.insert(p.index, p);
+        }
+    }
+
+    /// The next block if it is parsed already.
+    fn try_recv(&mut self) -> Option<Parsed> {
+        loop {
+            if let Some(p) = self.ready() {
+                return Some(p);
+            }
+            let p = self.rx.try_recv().ok()?;
+            self.waiting.insert(p.index, p);
+        }
+    }
+
+    fn ready(&mut self) -> Option<Parsed> {
+        let p = self.waiting.remove(&self.next)?;
+        self.next += 1;
+        Some(p)
+    }
+}
+
+fn parse_block(block: Block, source: &Source, max_record: usize) -> Parsed {
+    // Lines that arrived in one read arrived at the same time.
+    let now = crate::event::Timestamp::now();
+    let mut out = Parsed {
+        index: block.index,
+        payloads: Vec::with_capacity(block.data.len()),
+        ends: Vec::new(),
+        rejected: Vec::new(),
+        failed: block.failed,
+    };
+    let mut lineno = block.first_line;
+    let data = &block.data[..];
+    let mut start = 0;
+    while start < data.len() {
+        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |at| start + at + 1);
+        let line = &data[start..end];
+        start = end;
+        let this = lineno;
+        lineno += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if block.unterminated && end == data.len() {
+            // A last line without its newline: a write that may not be finished.
+            out.rejected.push((
+                this,
+                LineError {
+                    column: None,
+                    message: "last line has no newline (a write in progress?); not appended".into(),
+                },
+            ));
+            continue;
+        }
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => t,
+            Err(e) => {
+                out.rejected.push((
+                    this,
+                    LineError {
+                        column: Some(e.valid_up_to() + 1),
+                        message: "not UTF-8 text".into(),
+                    },
+                ));
+                continue;
+            }
+        };
+        match json::parse_input_line(text) {
+            Ok(ev) => {
+                let start = out.payloads.len();
+                ev.encode_into(source, now, &mut out.payloads);
+                let len = out.payloads.len() - start;
+                if len > max_record {
+                    out.payloads.truncate(start);
+                    out.rejected.push((
+                        this,
+                        LineError {
+                            column: None,
+                            message: format!(
+                                "the event is {len} bytes encoded, over the maximum record size of {max_record}"
+                            ),
+                        },
+                    ));
+                    continue;
+                }
+                out.ends.push(out.payloads.len());
+            }
+            Err(e) => out.rejected.push((this, e)),
+        }
+    }
+    out
 }
 
 pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
@@ -181,40 +337,46 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
         ),
     };
     let source = Source::this_process(a.source.into());
-    let rx = spawn_reader(input, source);
+    // Parsing is most of the work: one parser per core, the writer (this thread) mostly waits
+    // for fdatasync.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let max_record = store.log().options().max_record as usize;
+    let mut pipeline = spawn_pipeline(input, source, workers, max_record);
     let mut stderr = io::stderr().lock();
     let mut appended = 0u64;
     let mut rejected = 0u64;
     let mut first_seq = None;
     let mut last_seq = None;
-    let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut input_error = None;
-    for mut chunk in rx {
-        for (line, e) in &chunk.rejected {
-            rejected += 1;
-            let col = e.column.map(|c| format!(":{c}")).unwrap_or_default();
-            let _ = writeln!(stderr, "zolog: {name}:{line}{col}: {}", e.message);
-        }
-        if let Some(e) = chunk.failed.take() {
-            input_error = Some(Error::io("read", &name, e));
+    // Blocks whose events are not appended yet; `--atomic` keeps them all until the end.
+    let mut pending: Vec<Parsed> = Vec::new();
+    let (mut events, mut bytes) = (0usize, 0usize);
+    while let Some(first) = pipeline.recv() {
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            report_block(&mut stderr, &name, &p, &mut rejected, &mut input_error);
+            events += p.ends.len();
+            bytes += p.payloads.len();
+            pending.push(p);
+            // Group commit: what was parsed while the last fdatasync ran goes into this batch.
+            if !a.atomic && events < BATCH_EVENTS && bytes < BATCH_BYTES {
+                next = pipeline.try_recv();
+            }
         }
         if a.atomic {
-            pending.append(&mut chunk.payloads);
             continue;
         }
-        // Batches coalesce while the writer is busy; each takes the lock on its own, so other
-        // writers interleave at batch boundaries.
-        pending.append(&mut chunk.payloads);
-        if pending.is_empty() {
-            continue;
+        if events > 0 {
+            let r = append_blocks(&store, &pending)?;
+            appended += events as u64;
+            first_seq.get_or_insert(r.first_seq);
+            last_seq = Some(r.last_seq);
         }
-        let mut w = store.writer()?;
-        let r = w.append(&pending)?;
-        drop(w);
-        appended += pending.len() as u64;
-        first_seq.get_or_insert(r.first_seq);
-        last_seq = Some(r.last_seq);
         pending.clear();
+        (events, bytes) = (0, 0);
+        if input_error.is_some() {
+            break;
+        }
     }
     if let Some(e) = input_error {
         // What was acknowledged stays; say how far we got.
@@ -230,10 +392,9 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
                 stderr,
                 "zolog: {rejected} line(s) rejected; nothing appended (--atomic)"
             );
-            pending.clear();
-        } else if !pending.is_empty() {
-            let r = store.writer()?.append(&pending)?;
-            appended = pending.len() as u64;
+        } else if events > 0 {
+            let r = append_blocks(&store, &pending)?;
+            appended = events as u64;
             first_seq = Some(r.first_seq);
             last_seq = Some(r.last_seq);
         }
@@ -266,6 +427,36 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Append the events of `blocks` as one batch, under the lock for just that batch (so other
+/// writers interleave at batch boundaries).
+fn append_blocks(store: &Store, blocks: &[Parsed]) -> Result<crate::log::Appended> {
+    let batch: Vec<&[u8]> = blocks.iter().flat_map(Parsed::payloads).collect();
+    let mut w = store.writer()?;
+    Ok(w.append(&batch)?)
+}
+
+/// Report a parsed block's rejected lines and input error.
+fn report_block(
+    stderr: &mut impl Write,
+    name: &str,
+    p: &Parsed,
+    rejected: &mut u64,
+    input_error: &mut Option<Error>,
+) {
+    for (line, e) in &p.rejected {
+        *rejected += 1;
+        let col = e.column.map(|c| format!(":{c}")).unwrap_or_default();
+        let _ = writeln!(stderr, "zolog: {name}:{line}{col}: {}", e.message);
+    }
+    if let Some(e) = &p.failed {
+        *input_error = Some(Error::io(
+            "read",
+            name,
+            io::Error::new(e.kind(), e.to_string()),
+        ));
+    }
 }
 
 #[derive(Debug, Args)]
@@ -344,8 +535,8 @@ pub struct VerifyArgs {
 
 pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
     let store = ctx.open_store()?;
-    let mut check = |seq: u64, payload: &[u8]| -> std::result::Result<(), String> {
-        codec::decode(seq, payload).map(|_| ()).map_err(|e| e.0)
+    let check = |_seq: u64, payload: &[u8]| -> std::result::Result<(), String> {
+        codec::check(payload).map_err(|e| e.0)
     };
     let bar = (io::stderr().is_terminal() && !a.json).then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -363,7 +554,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
             b.set_position(done);
         }
     };
-    let report = store.log().verify(&mut check, &mut progress)?;
+    let report = store.log().verify(&check, &mut progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

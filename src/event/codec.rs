@@ -28,11 +28,42 @@ fn cfg() -> Configuration {
     config::standard()
 }
 
+/// bincode's output straight into a Vec. Most writes are one byte (a varint, a tag) or eight (a
+/// float): those are pushed without a call to memcpy.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        match bytes {
+            [b] => self.0.push(*b),
+            _ => match <[u8; 8]>::try_from(bytes) {
+                Ok(a) => self.0.extend_from_slice(&a),
+                Err(_) => self.0.extend_from_slice(bytes),
+            },
+        }
+        Ok(())
+    }
+}
+
 /// Append the encoding of an event body to `out`.
 pub fn encode_into(event: &NewEvent, out: &mut Vec<u8>) {
     out.push(EVENT_ENCODING_VERSION);
     let body = (&event.time, &event.appended, &event.source, &event.payload);
-    bincode::encode_into_std_write(body, out, cfg()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_writer(body, VecWriter(out), cfg()).expect("writing to a Vec cannot fail");
+}
+
+/// Append the encoding of an event body given by its parts (no need to own them).
+pub fn encode_parts_into(
+    time: Timestamp,
+    appended: Option<Timestamp>,
+    source: &Source,
+    payload: &Payload,
+    out: &mut Vec<u8>,
+) {
+    out.push(EVENT_ENCODING_VERSION);
+    let body = (&time, &appended, source, payload);
+    bincode::encode_into_writer(body, VecWriter(out), cfg()).expect("writing to a Vec cannot fail");
 }
 
 /// Encode an event body.
@@ -47,7 +78,8 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(EVENT_ENCODING_VERSION);
     let body = (&event.time, &event.appended, &event.source, &event.payload);
-    bincode::encode_into_std_write(body, &mut out, cfg()).expect("writing to a Vec cannot fail");
+    bincode::encode_into_writer(body, VecWriter(&mut out), cfg())
+        .expect("writing to a Vec cannot fail");
     out
 }
 
@@ -171,6 +203,276 @@ pub fn decode_epoch_view(bytes: &[u8]) -> Result<Option<(Timestamp, EpochView<'_
     }
     ExpId::parse(view.experiment_id).map_err(|e| CodecError(e.to_string()))?;
     Ok(Some((head.time, view)))
+}
+
+/// Check that a record payload decodes as an event, as [`decode`] would, without building it:
+/// what `zolog verify` runs on every record. Equivalent to `decode(seq, bytes).map(|_| ())`: a
+/// payload the allocation-free [`check_fast`] walk does not accept is handed to [`decode`], so
+/// the verdict and the message are always decode's own.
+pub fn check(bytes: &[u8]) -> Result<(), CodecError> {
+    if check_fast(bytes) {
+        return Ok(());
+    }
+    decode(0, bytes).map(|_| ())
+}
+
+/// Walk the wire form of an event (docs/format.md; bincode 2.0.1 standard configuration) and say
+/// whether it is one, allocating nothing. It accepts only what [`decode`] accepts (tests hold it
+/// to that); it may refuse more (anything it does not know, such as a variant added later), which
+/// [`check`] then hands to [`decode`].
+pub fn check_fast(bytes: &[u8]) -> bool {
+    let Some((&EVENT_ENCODING_VERSION, rest)) = bytes.split_first() else {
+        return false;
+    };
+    let mut w = Walk { b: rest };
+    w.body().is_some() && w.b.is_empty()
+}
+
+/// A cursor over bincode bytes. Each method consumes one value or returns None.
+struct Walk<'a> {
+    b: &'a [u8],
+}
+
+// Variant counts of the unit enums, in declaration order (src/event/mod.rs).
+const SOURCE_KINDS: u32 = 4;
+const STATUSES: u32 = 4;
+const ORACLE_TIERS: u32 = 4;
+const NOTE_SECTIONS: u32 = 3;
+const CHECKPOINT_REASONS: u32 = 6;
+const SEVERITIES: u32 = 3;
+
+impl<'a> Walk<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.b.len() {
+            return None;
+        }
+        let (head, tail) = self.b.split_at(n);
+        self.b = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    /// A varint of at most `max_marker` width: 251 = u16, 252 = u32, 253 = u64 follow. Only the
+    /// minimal form is accepted, as [`decode`] requires.
+    fn varint(&mut self, max_marker: u8) -> Option<u64> {
+        let m = self.u8()?;
+        let v = match m {
+            0..=250 => return Some(u64::from(m)),
+            251 if max_marker >= 251 => {
+                u64::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+            }
+            252 if max_marker >= 252 => {
+                u64::from(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+            }
+            253 if max_marker >= 253 => u64::from_le_bytes(self.take(8)?.try_into().ok()?),
+            _ => return None,
+        };
+        let minimal = match m {
+            251 => v > 250,
+            252 => v > u64::from(u16::MAX),
+            _ => v > u64::from(u32::MAX),
+        };
+        minimal.then_some(v)
+    }
+    fn u64(&mut self) -> Option<()> {
+        self.varint(253).map(|_| ())
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.varint(252).map(|v| v as u32)
+    }
+    fn f64(&mut self) -> Option<()> {
+        self.take(8).map(|_| ())
+    }
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.varint(253)?).ok()
+    }
+    /// A string's bytes, checked to be UTF-8.
+    fn str(&mut self) -> Option<&'a [u8]> {
+        let n = self.len()?;
+        let b = self.take(n)?;
+        // Most strings (ids, metric names) are short and ASCII: a cheaper test than from_utf8.
+        (b.is_ascii() || std::str::from_utf8(b).is_ok()).then_some(b)
+    }
+    fn string(&mut self) -> Option<()> {
+        self.str().map(|_| ())
+    }
+    fn option(&mut self, some: impl FnOnce(&mut Self) -> Option<()>) -> Option<()> {
+        match self.u8()? {
+            0 => Some(()),
+            1 => some(self),
+            _ => None,
+        }
+    }
+    fn vec(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        let n = self.len()?;
+        for _ in 0..n {
+            item(self)?;
+        }
+        Some(())
+    }
+    fn unit_enum(&mut self, variants: u32) -> Option<()> {
+        (self.u32()? < variants).then_some(())
+    }
+    fn exp_id(&mut self) -> Option<()> {
+        valid_exp_id(self.str()?).then_some(())
+    }
+    fn metrics(&mut self) -> Option<()> {
+        self.vec(|w| {
+            w.string()?;
+            w.f64()
+        })
+    }
+    fn strings(&mut self) -> Option<()> {
+        self.vec(Self::string)
+    }
+    fn json(&mut self) -> Option<()> {
+        // Rare (configurations): check it exactly as decoding does.
+        let s = std::str::from_utf8(self.str()?).ok()?;
+        let v: serde_json::Value = serde_json::from_str(s).ok()?;
+        (serde_json::to_string(&v).ok()? == s).then_some(())
+    }
+    fn opt_u64(&mut self) -> Option<()> {
+        self.option(Self::u64)
+    }
+    fn opt_u32(&mut self) -> Option<()> {
+        self.option(|w| w.u32().map(|_| ()))
+    }
+    fn opt_f64(&mut self) -> Option<()> {
+        self.option(Self::f64)
+    }
+    fn opt_string(&mut self) -> Option<()> {
+        self.option(Self::string)
+    }
+
+    /// (time, appended, source, payload)
+    fn body(&mut self) -> Option<()> {
+        self.u64()?; // time: i64, zigzag varint
+        self.opt_u64()?; // appended
+        self.unit_enum(SOURCE_KINDS)?;
+        self.opt_u32()?; // pid
+        self.opt_string()?; // host
+        self.payload()
+    }
+
+    /// Fields in declaration order, per variant (src/event/mod.rs).
+    fn payload(&mut self) -> Option<()> {
+        let variant = self.u32()?;
+        if variant == 0 {
+            return self.string(); // ProjectInitialized { project }
+        }
+        self.exp_id()?; // every other variant starts with experiment_id
+        match variant {
+            // ExperimentMinted
+            1 => {
+                self.option(Self::exp_id)?;
+                self.string()?;
+                self.string()?;
+                self.string()
+            }
+            // ExperimentStatusChanged
+            2 => {
+                self.unit_enum(STATUSES)?;
+                self.string()
+            }
+            // ResultRecorded
+            3 => {
+                self.unit_enum(ORACLE_TIERS)?;
+                self.string()?;
+                self.f64()?;
+                self.opt_f64()?;
+                self.metrics()?;
+                self.strings()?;
+                self.u64() // evaluated_at
+            }
+            // NextIdeasRecorded
+            4 => self.vec(|w| {
+                w.opt_string()?;
+                w.string()?;
+                w.strings()
+            }),
+            // NoteAdded
+            5 => {
+                self.unit_enum(NOTE_SECTIONS)?;
+                self.string()
+            }
+            // TrainingStarted
+            6 => {
+                self.opt_string()?;
+                self.opt_u32()?;
+                self.opt_string()?;
+                self.opt_u64()?;
+                self.json()
+            }
+            // EpochEnded
+            7 => {
+                self.u64()?;
+                self.opt_u64()?;
+                self.metrics()?;
+                self.opt_f64()?;
+                self.opt_f64()?;
+                self.opt_f64()
+            }
+            // CheckpointSaved
+            8 => {
+                self.opt_u64()?;
+                self.string()?;
+                self.unit_enum(CHECKPOINT_REASONS)?;
+                self.metrics()?;
+                self.opt_u64()?;
+                self.opt_string()?;
+                self.strings()?;
+                self.opt_u32()?;
+                self.opt_u64()
+            }
+            // TrainingEnded
+            9 => {
+                self.opt_u64()?;
+                self.metrics()?;
+                self.opt_f64()?;
+                self.opt_u32()?; // exit_code: i32, zigzag varint
+                self.opt_u32() // signal
+            }
+            // CheckerConfigured
+            10 => self.json(),
+            // AlertRaised
+            11 => {
+                self.string()?;
+                self.unit_enum(SEVERITIES)?;
+                self.opt_u64()?;
+                self.metrics()?;
+                self.metrics()?;
+                self.vec(Self::u64)?;
+                self.opt_u64()?;
+                self.string()?;
+                self.string()?;
+                self.string()
+            }
+            // RunKilled
+            12 => {
+                self.opt_u32()?;
+                self.vec(Self::u64)?;
+                self.string()?;
+                self.string()?;
+                self.string()
+            }
+            // IngestAdvanced
+            13 => {
+                self.string()?;
+                self.string()?;
+                self.u64()?;
+                self.u64()?;
+                self.u64()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// [`ExpId::parse`]'s rule, without allocating (a test holds the two together).
+fn valid_exp_id(s: &[u8]) -> bool {
+    s.strip_prefix(b"exp-")
+        .is_some_and(|d| !d.is_empty() && d.len() <= 9 && d.iter().all(u8::is_ascii_digit))
 }
 
 // Hand-written encodings for the types whose in-memory form is not their wire form.
@@ -300,6 +602,9 @@ mod tests {
         long.extend_from_slice(&bytes[2..]);
         let err = decode(1, &long).unwrap_err();
         assert!(err.0.contains("non-canonical"), "{err}");
+        // The allocation-free check `zolog verify` runs agrees.
+        assert!(!check_fast(&long));
+        assert!(check(&long).is_err());
     }
 
     #[test]
@@ -334,6 +639,50 @@ mod tests {
         let mut evil = bytes.clone();
         evil[at..at + 7].copy_from_slice(b"../../x");
         assert!(decode_epoch_view(&evil).is_err());
+    }
+
+    #[test]
+    fn exp_id_rule_matches_parse() {
+        for s in [
+            "exp-1",
+            "exp-001",
+            "exp-123456789",
+            "exp-1234567890",
+            "exp-",
+            "exp-1a",
+            "../x",
+            "",
+            "exp-٣",
+            "EXP-1",
+            "exp-+1",
+            "exp- 1",
+        ] {
+            assert_eq!(valid_exp_id(s.as_bytes()), ExpId::parse(s).is_ok(), "{s:?}");
+        }
+    }
+
+    /// The fast walk accepts what decode accepts, and nothing decode refuses: every truncation
+    /// and every single-byte change of a sample event.
+    #[test]
+    fn fast_check_agrees_with_decode() {
+        let bytes = encode(&sample());
+        assert!(check_fast(&bytes));
+        for n in 0..bytes.len() {
+            assert!(!check_fast(&bytes[..n]));
+            assert_eq!(check(&bytes[..n]).is_ok(), decode(1, &bytes[..n]).is_ok());
+        }
+        for at in 0..bytes.len() {
+            for v in [0u8, 1, 2, 0x7f, 0x80, 250, 251, 252, 253, 254, 255] {
+                let mut b = bytes.clone();
+                b[at] = v;
+                let ok = decode(1, &b).is_ok();
+                assert!(
+                    !check_fast(&b) || ok,
+                    "byte {at} = {v}: fast check accepts what decode refuses"
+                );
+                assert_eq!(check(&b).is_ok(), ok);
+            }
+        }
     }
 
     #[test]

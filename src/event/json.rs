@@ -249,7 +249,10 @@ impl JsonSchema for Metrics {
 /// Rewrite Python's bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) into the
 /// strings zolog's float fields accept. Borrows when there is nothing to rewrite.
 pub fn normalize_nonfinite(line: &str) -> Cow<'_, str> {
-    if !line.contains("NaN") && !line.contains("Infinity") {
+    // The tokens start with "N" or "I" (cheap to look for first; most lines have neither).
+    if memchr::memchr2(b'N', b'I', line.as_bytes()).is_none()
+        || (!line.contains("NaN") && !line.contains("Infinity"))
+    {
         return Cow::Borrowed(line);
     }
     let b = line.as_bytes();
@@ -321,6 +324,16 @@ pub struct InputEvent {
 }
 
 impl InputEvent {
+    /// Encode it as [`InputEvent::into_new`] would make it, appended at `now`, onto `out`.
+    pub fn encode_into(&self, default_source: &Source, now: Timestamp, out: &mut Vec<u8>) {
+        let source = self.source.as_ref().unwrap_or(default_source);
+        let (time, appended) = match self.time {
+            Some(t) => (t, (now != t).then_some(now)),
+            None => (now, None),
+        };
+        super::codec::encode_parts_into(time, appended, source, &self.payload, out);
+    }
+
     /// Give it its times and source: `time` defaults to now; `appended` is set when the input
     /// named a time of its own.
     pub fn into_new(self, default_source: &Source) -> NewEvent {
@@ -357,6 +370,113 @@ fn describe<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> String {
     }
 }
 
+/// A payload object whose first key is `type`, deserialized straight into its variant's struct.
+///
+/// serde's internally tagged enums (`#[serde(tag = "type")]`) buffer the whole object into an
+/// intermediate tree before they look at the tag, which made parsing most of the cost of
+/// `zolog append`. Trainers and `zolog log` write `type` first; for them this reads the tag, then
+/// hands the rest of the same map to the variant's own `Deserialize`. Anything else (another key
+/// first) is an error here, and the caller falls back to the derived, order-independent parse,
+/// so this path accepts nothing that path would not, and yields the same value.
+struct TypeFirst;
+
+impl<'de> Visitor<'de> for TypeFirst {
+    type Value = Payload;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object whose first key is \"type\"")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+        use super::*;
+        use serde::de::value::MapAccessDeserializer;
+        let first: Option<Cow<'de, str>> = map.next_key_seed(CowStr)?;
+        if first.as_deref() != Some("type") {
+            return Err(de::Error::custom("`type` is not the first key"));
+        }
+        let kind: Cow<'de, str> = map.next_value_seed(CowStr)?;
+        let rest = MapAccessDeserializer::new(map);
+        Ok(match &*kind {
+            "ProjectInitialized" => Payload::ProjectInitialized(Deserialize::deserialize(rest)?),
+            "ExperimentMinted" => Payload::ExperimentMinted(Deserialize::deserialize(rest)?),
+            "ExperimentStatusChanged" => {
+                Payload::ExperimentStatusChanged(Deserialize::deserialize(rest)?)
+            }
+            "ResultRecorded" => Payload::ResultRecorded(Deserialize::deserialize(rest)?),
+            "NextIdeasRecorded" => Payload::NextIdeasRecorded(Deserialize::deserialize(rest)?),
+            "NoteAdded" => Payload::NoteAdded(Deserialize::deserialize(rest)?),
+            "TrainingStarted" => Payload::TrainingStarted(Deserialize::deserialize(rest)?),
+            "EpochEnded" => Payload::EpochEnded(Deserialize::deserialize(rest)?),
+            "CheckpointSaved" => Payload::CheckpointSaved(Deserialize::deserialize(rest)?),
+            "TrainingEnded" => Payload::TrainingEnded(Deserialize::deserialize(rest)?),
+            "CheckerConfigured" => Payload::CheckerConfigured(Deserialize::deserialize(rest)?),
+            "AlertRaised" => Payload::AlertRaised(Deserialize::deserialize(rest)?),
+            "RunKilled" => Payload::RunKilled(Deserialize::deserialize(rest)?),
+            "IngestAdvanced" => Payload::IngestAdvanced(Deserialize::deserialize(rest)?),
+            other => return Err(de::Error::unknown_variant(other, &Payload::KINDS)),
+        })
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct CowStr;
+
+impl<'de> de::DeserializeSeed<'de> for CowStr {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A payload with `type` first, through [`TypeFirst`].
+struct FastPayload(Payload);
+
+impl<'de> Deserialize<'de> for FastPayload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TypeFirst).map(FastPayload)
+    }
+}
+
+/// [`EnvelopeIn`] with its payload read through [`TypeFirst`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastEnvelopeIn {
+    #[serde(default)]
+    #[allow(dead_code)]
+    seq: Option<u64>,
+    #[serde(default)]
+    time: Option<Timestamp>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    appended: Option<de::IgnoredAny>,
+    #[serde(default)]
+    source: Option<Source>,
+    payload: FastPayload,
+}
+
+fn from_str_fast<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = T::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(v)
+}
+
 /// Parse one input line into an event.
 pub fn parse_input_line(line: &str) -> Result<InputEvent, LineError> {
     let text = normalize_nonfinite(line.trim_end_matches(['\r', '\n']));
@@ -367,10 +487,26 @@ pub fn parse_input_line(line: &str) -> Result<InputEvent, LineError> {
             message: "empty line".into(),
         });
     }
+    // Fast paths, without buffering: a bare payload with `type` first, as trainers write it,
+    // and an envelope, as `zolog log` prints it.
+    if let Some(FastPayload(p)) = from_str_fast(text) {
+        return Ok(InputEvent {
+            time: None,
+            source: None,
+            payload: p,
+        });
+    }
     // `"payload"` may also be the text of some field of a bare payload: an envelope is only tried
     // first, never assumed.
     let maybe_envelope = text.contains("\"payload\"");
-    // Fast path: typed parse, no path tracking.
+    if maybe_envelope && let Some(e) = from_str_fast::<FastEnvelopeIn>(text) {
+        return Ok(InputEvent {
+            time: e.time,
+            source: e.source,
+            payload: e.payload.0,
+        });
+    }
+    // Any key order: the derived parse.
     if maybe_envelope && let Ok(e) = serde_json::from_str::<EnvelopeIn>(text) {
         return Ok(InputEvent {
             time: e.time,

@@ -12,7 +12,12 @@ pub const FLAG_BATCH_END: u8 = 1;
 pub const DEFAULT_MAX_RECORD: u32 = 16 * 1024 * 1024;
 
 fn crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+    // A copy of a ready hasher: `crc32fast::hash` detects the CPU's features on every call, which
+    // costs as much as checksumming a small record.
+    static READY: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    let mut h = READY.get_or_init(crc32fast::Hasher::new).clone();
+    h.update(bytes);
+    h.finalize()
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {

@@ -216,9 +216,14 @@ impl Fs for RealFs {
                 Err(TryLockError::Error(e)) => return Err(LockFailure::Io(e)),
             }
         }
-        // We hold it: say who we are (best effort; the lock is what matters).
-        let _ = file.set_len(0);
-        let _ = file.write_all_at(holder.as_bytes(), 0);
+        // We hold it: say who we are (best effort; the lock is what matters). Only when it says
+        // somebody else: rewriting the file on every batch costs the next fdatasync a journal
+        // commit, and truncating it to zero makes ext4 flush it on close.
+        let mut current = String::new();
+        if file.read_to_string(&mut current).is_err() || current != holder {
+            let _ = file.write_all_at(holder.as_bytes(), 0);
+            let _ = file.set_len(holder.len() as u64);
+        }
         Ok(Box::new(RealLock(file)))
     }
     fn lock_holder(&self, path: &Path) -> Option<String> {

@@ -175,6 +175,11 @@ impl Log {
             .fs
             .list(&self.inner.dir)
             .map_err(|e| LogError::io("list", &self.inner.dir, e))?;
+        Ok(Self::segments_in(&names))
+    }
+
+    /// First sequence numbers of the segments among these file names, in order.
+    fn segments_in(names: &[String]) -> Vec<u64> {
         let mut seqs: Vec<u64> = names
             .iter()
             .filter_map(|n| n.strip_suffix(SEGMENT_EXT))
@@ -182,7 +187,7 @@ impl Log {
             .filter_map(|stem| stem.parse().ok())
             .collect();
         seqs.sort_unstable();
-        Ok(seqs)
+        seqs
     }
 
     /// Who holds the writer lock right now, if anybody.
@@ -423,7 +428,7 @@ impl Log {
                 .map_err(|e| LogError::io("remove", &p, e))?;
             removed = true;
         }
-        let segments = self.segments()?;
+        let segments = Self::segments_in(&names);
         let Some(&last) = segments.last() else {
             if removed {
                 self.sync_dir()?;
@@ -437,11 +442,7 @@ impl Log {
             return Ok((w, None));
         };
         let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
-        // The last segment's directory entry may never have been made durable (its creator died
-        // before the directory fsync, or that fsync failed): make it so before anything more is
-        // acknowledged in it (wal-rules 8). Not needed when a writer of this process appended to
-        // it, which it only does after its own directory fsync succeeded.
-        if removed || hint.is_none_or(|h| h.segment_first_seq != last) {
+        if removed {
             self.sync_dir()?;
         }
         let path = self.segment_path(last);
@@ -477,7 +478,7 @@ impl Log {
                 poisoned: None,
                 buf: Vec::new(),
             };
-            return Ok((w, cut));
+            return self.entry_durable(w, cut, removed);
         }
 
         let bytes = file
@@ -516,6 +517,23 @@ impl Log {
             poisoned: None,
             buf: Vec::new(),
         };
+        self.entry_durable(w, cut, removed)
+    }
+
+    /// A segment that holds no record yet may have a directory entry that was never made durable
+    /// (its creator died before the directory fsync, or that fsync failed and poisoned it): make
+    /// it durable before anything is acknowledged in it (wal-rules 8). A segment with records
+    /// needs nothing: every writer appends only after this, or after creating the segment with a
+    /// directory fsync that succeeded.
+    fn entry_durable(
+        &self,
+        w: Writer,
+        cut: Option<Cut>,
+        synced: bool,
+    ) -> Result<(Writer, Option<Cut>)> {
+        if w.last_record_at.is_none() && !synced {
+            self.sync_dir()?;
+        }
         Ok((w, cut))
     }
 
@@ -616,9 +634,12 @@ impl Log {
 
     /// Check every segment read-only. `check_payload` validates each payload (the log does not
     /// know what they mean); `progress` is told bytes done and total.
+    ///
+    /// Segments are checked in parallel (one thread per core, each reading whole segments into a
+    /// buffer it reuses); whether they join up is checked afterwards, in order.
     pub fn verify(
         &self,
-        check_payload: &mut PayloadCheck<'_>,
+        check_payload: &PayloadCheck<'_>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<VerifyReport> {
         let segments = self.segments()?;
@@ -634,6 +655,92 @@ impl Log {
             sizes.push(len);
         }
         let total: u64 = sizes.iter().sum();
+        let writer_active = self.lock_holder();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(segments.len())
+            .max(1);
+        let mut outcomes: Vec<Option<SegmentCheck>> = Vec::new();
+        outcomes.resize_with(segments.len(), || None);
+        if workers == 1 {
+            let mut buf = Vec::new();
+            let mut done = 0;
+            for (i, &first) in segments.iter().enumerate() {
+                let c =
+                    self.check_segment(first, i + 1 == segments.len(), &mut buf, check_payload)?;
+                done += c.report.bytes;
+                outcomes[i] = Some(c);
+                progress(done, total);
+            }
+        } else {
+            self.check_in_parallel(
+                &segments,
+                workers,
+                check_payload,
+                total,
+                progress,
+                &mut outcomes,
+            )?;
+        }
+        self.assemble(outcomes, total, writer_active)
+    }
+
+    fn check_in_parallel(
+        &self,
+        segments: &[u64],
+        workers: usize,
+        check_payload: &PayloadCheck<'_>,
+        total: u64,
+        progress: &mut dyn FnMut(u64, u64),
+        outcomes: &mut [Option<SegmentCheck>],
+    ) -> Result<()> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<SegmentCheck>)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let next = &next;
+                scope.spawn(move || {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&first) = segments.get(i) else { break };
+                        let is_last = i + 1 == segments.len();
+                        let r = self.check_segment(first, is_last, &mut buf, check_payload);
+                        let failed = r.is_err();
+                        if tx.send((i, r)).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut done = 0u64;
+            for (i, r) in rx {
+                match r {
+                    Ok(c) => {
+                        done += c.report.bytes;
+                        outcomes[i] = Some(c);
+                        progress(done, total);
+                    }
+                    Err(e) => {
+                        // Stop the other workers at their next segment.
+                        next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Put the segments' findings together, checking that they join up.
+    fn assemble(
+        &self,
+        outcomes: Vec<Option<SegmentCheck>>,
+        total: u64,
+        writer_active: Option<String>,
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport {
             segments: Vec::new(),
             records: 0,
@@ -641,52 +748,32 @@ impl Log {
             last_seq: None,
             bytes: total,
             problems: Vec::new(),
-            writer_active: self.lock_holder(),
+            writer_active,
         };
-        let mut done = 0u64;
         let mut expected: Option<(u64, u32)> = None; // (next seq, tail crc) of the previous segment
-        let max = self.inner.opts.max_record;
-        for (i, &first) in segments.iter().enumerate() {
-            let path = self.segment_path(first);
-            let is_last = i + 1 == segments.len();
-            let bytes = self.read_all(&path)?;
-            let mut seg = SegmentReport {
-                path: path.clone(),
-                first_seq: first,
-                records: 0,
-                bytes: bytes.len() as u64,
+        for c in outcomes
+            .into_iter()
+            .map(|c| c.expect("every segment checked"))
+        {
+            let SegmentCheck {
+                report: seg,
+                header,
+                head_problems,
+                problems,
+                next_seq,
+                tail_crc,
+            } = c;
+            report.problems.extend(head_problems);
+            let Some(header) = header else {
+                report.problems.extend(problems);
+                report.segments.push(seg);
+                expected = None;
+                continue;
             };
-            let (header, hlen) = match SegmentHeader::decode(&bytes) {
-                Ok(h) => h,
-                Err(e) => {
-                    report.problems.push(Problem {
-                        segment: path.clone(),
-                        offset: 0,
-                        kind: ProblemKind::Damage,
-                        message: e.to_string(),
-                    });
-                    report.segments.push(seg);
-                    expected = None;
-                    done += bytes.len() as u64;
-                    progress(done, total);
-                    continue;
-                }
-            };
-            if header.first_seq != first {
-                report.problems.push(Problem {
-                    segment: path.clone(),
-                    offset: 16,
-                    kind: ProblemKind::Damage,
-                    message: format!(
-                        "segment header says first seq {}, its name says {first}",
-                        header.first_seq
-                    ),
-                });
-            }
             if let Some((next, crc)) = expected {
                 if header.first_seq != next {
                     report.problems.push(Problem {
-                        segment: path.clone(),
+                        segment: seg.path.clone(),
                         offset: 16,
                         kind: ProblemKind::Chain,
                         message: format!(
@@ -696,7 +783,7 @@ impl Log {
                     });
                 } else if header.prev_tail_crc != crc {
                     report.problems.push(Problem {
-                        segment: path.clone(),
+                        segment: seg.path.clone(),
                         offset: 24,
                         kind: ProblemKind::Chain,
                         message:
@@ -705,10 +792,111 @@ impl Log {
                     });
                 }
             }
-            let mut payload_problems = Vec::new();
-            let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |r| {
+            report.problems.extend(problems);
+            report.records += seg.records;
+            if seg.records > 0 {
+                report.first_seq.get_or_insert(header.first_seq);
+                report.last_seq = Some(next_seq - 1);
+            }
+            expected = Some((next_seq, tail_crc));
+            report.segments.push(seg);
+        }
+        Ok(report)
+    }
+
+    /// Check one segment on its own, reading it in chunks into `buf` (reused: it only grows).
+    fn check_segment(
+        &self,
+        first: u64,
+        is_last: bool,
+        buf: &mut Vec<u8>,
+        check_payload: &PayloadCheck<'_>,
+    ) -> Result<SegmentCheck> {
+        // Small under test, so that the chunking is exercised by small logs.
+        const CHUNK: usize = if cfg!(test) { 4096 } else { 8 << 20 };
+        let path = self.segment_path(first);
+        let mut file = self
+            .inner
+            .fs
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
+        let mut read = |from: u64, n: usize, buf: &mut Vec<u8>| -> Result<usize> {
+            if buf.len() < n {
+                // (vec! of zeros is calloc: no byte-by-byte fill)
+                *buf = vec![0u8; n];
+            }
+            let mut filled = 0;
+            while filled < n {
+                let got = file
+                    .read_at(from + filled as u64, &mut buf[filled..n])
+                    .map_err(|e| LogError::io("read", &path, e))?;
+                if got == 0 {
+                    break;
+                }
+                filled += got;
+            }
+            Ok(filled)
+        };
+        let max = self.inner.opts.max_record;
+        let mut c = SegmentCheck {
+            report: SegmentReport {
+                path: path.clone(),
+                first_seq: first,
+                records: 0,
+                bytes: len,
+            },
+            header: None,
+            head_problems: Vec::new(),
+            problems: Vec::new(),
+            next_seq: first,
+            tail_crc: 0,
+        };
+        let n = read(0, SEGMENT_HEADER_LEN.min(len as usize), buf)?;
+        let (header, hlen) = match SegmentHeader::decode(&buf[..n]) {
+            Ok(h) => h,
+            Err(e) => {
+                c.head_problems.push(Problem {
+                    segment: path,
+                    offset: 0,
+                    kind: ProblemKind::Damage,
+                    message: e.to_string(),
+                });
+                return Ok(c);
+            }
+        };
+        c.header = Some(header);
+        if header.first_seq != first {
+            c.head_problems.push(Problem {
+                segment: path.clone(),
+                offset: 16,
+                kind: ProblemKind::Damage,
+                message: format!(
+                    "segment header says first seq {}, its name says {first}",
+                    header.first_seq
+                ),
+            });
+        }
+        // Scan chunk by chunk. A chunk that ends inside a batch is read again from the end of its
+        // last complete batch; one that holds no complete batch (a batch larger than the chunk,
+        // or damage) is read again bigger, up to the end of the file, where a bad frame is told
+        // apart as a torn tail or damage with everything after it in view.
+        let mut pos = hlen as u64;
+        let mut next_seq = header.first_seq;
+        let mut last_crc = None;
+        let mut want = CHUNK;
+        let problems = &mut c.problems;
+        let tail = loop {
+            let avail = len.saturating_sub(pos);
+            if avail == 0 {
+                break None;
+            }
+            let n = usize::try_from(avail).map_or(want, |a| a.min(want));
+            let got = read(pos, n, buf)?;
+            let at_end = got as u64 == avail;
+            let s = scan::scan::<()>(&buf[..got], pos, next_seq, max, |r| {
                 if let Err(msg) = check_payload(r.seq, r.payload) {
-                    payload_problems.push(Problem {
+                    problems.push(Problem {
                         segment: path.clone(),
                         offset: r.offset,
                         kind: ProblemKind::Payload,
@@ -718,44 +906,62 @@ impl Log {
                 Ok(())
             })
             .unwrap_or_else(|()| unreachable!());
-            report.problems.extend(payload_problems);
-            seg.records = s.records;
-            report.records += s.records;
-            if s.records > 0 {
-                report.first_seq.get_or_insert(header.first_seq);
-                report.last_seq = Some(s.next_seq - 1);
-            }
-            match &s.tail {
-                Tail::Clean => {}
-                Tail::Torn { reason, .. } if is_last => report.problems.push(Problem {
-                    segment: path.clone(),
-                    offset: (hlen + s.clean_end) as u64,
-                    kind: ProblemKind::TornTail,
-                    message: format!(
-                        "torn tail of {} byte(s): {reason}",
-                        bytes.len() - hlen - s.clean_end
-                    ),
-                }),
-                Tail::Torn { at, reason } | Tail::Damaged { at, reason } => {
-                    report.problems.push(Problem {
-                        segment: path.clone(),
-                        offset: (hlen + at) as u64,
-                        kind: ProblemKind::Damage,
-                        message: reason.clone(),
-                    })
+            c.report.records += s.records;
+            next_seq = s.next_seq;
+            last_crc = s.last_crc.or(last_crc);
+            let base = pos;
+            pos += s.clean_end as u64;
+            match s.tail {
+                Tail::Clean if at_end => break None,
+                Tail::Clean => want = CHUNK,
+                Tail::Damaged { at, reason } => break Some((false, base + at as u64, reason)),
+                Tail::Torn { at, reason } if at_end => {
+                    break Some((true, base + at as u64, reason));
                 }
+                Tail::Torn { .. } if s.clean_end > 0 => want = CHUNK,
+                Tail::Torn { .. } => want = want.saturating_mul(2),
             }
-            expected = Some((s.next_seq, s.last_crc.unwrap_or(header.prev_tail_crc)));
-            report.segments.push(seg);
-            done += bytes.len() as u64;
-            progress(done, total);
+        };
+        match tail {
+            None => {}
+            Some((true, _, reason)) if is_last => c.problems.push(Problem {
+                segment: path.clone(),
+                offset: pos,
+                kind: ProblemKind::TornTail,
+                message: format!("torn tail of {} byte(s): {reason}", len - pos),
+            }),
+            Some((_, at, reason)) => c.problems.push(Problem {
+                segment: path.clone(),
+                offset: at,
+                kind: ProblemKind::Damage,
+                message: reason,
+            }),
         }
-        Ok(report)
+        c.next_seq = next_seq;
+        c.tail_crc = last_crc.unwrap_or(header.prev_tail_crc);
+        Ok(c)
     }
 }
 
-/// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it.
-pub type PayloadCheck<'a> = dyn FnMut(u64, &[u8]) -> std::result::Result<(), String> + 'a;
+/// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it. Called from
+/// several threads at once.
+pub type PayloadCheck<'a> = dyn Fn(u64, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
+
+/// What checking one segment on its own found; chaining is checked afterwards.
+#[derive(Debug)]
+struct SegmentCheck {
+    report: SegmentReport,
+    /// None when the header itself is bad.
+    header: Option<SegmentHeader>,
+    /// Problems with the header, reported before the chain's.
+    head_problems: Vec<Problem>,
+    /// Problems with the records, reported after the chain's.
+    problems: Vec<Problem>,
+    /// Seq after the last complete batch.
+    next_seq: u64,
+    /// `header_crc` of the last record (or the header's `prev_tail_crc` when there is none).
+    tail_crc: u32,
+}
 
 /// Result of [`Log::verify`].
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1259,6 +1465,95 @@ impl Reader {
                     } else {
                         ReadEnd::Clean
                     });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::fs::FaultFs;
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// What a scan of the whole segment at once says: (problem offset, torn?) or None.
+    fn whole_scan(bytes: &[u8]) -> Option<(u64, bool)> {
+        let s = scan::scan::<()>(&bytes[32..], 32, 1, DEFAULT_MAX_RECORD, |_| Ok(()))
+            .unwrap_or_else(|()| unreachable!());
+        match s.tail {
+            Tail::Clean => None,
+            Tail::Torn { .. } => Some((32 + s.clean_end as u64, true)),
+            Tail::Damaged { at, .. } => Some((32 + at as u64, false)),
+        }
+    }
+
+    /// Verify reads segments in chunks (4 KiB under test): whatever the damage, it finds what a
+    /// scan of the whole segment finds, and counts every record of a clean one.
+    #[test]
+    fn chunked_verify_agrees_with_a_whole_segment_scan() {
+        let fs = FaultFs::new();
+        let opts = LogOptions {
+            segment_size: 1 << 30,
+            ..LogOptions::default()
+        };
+        let log = Log::open(Arc::new(fs.clone()), "/l", opts).unwrap();
+        let mut w = log.writer().unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut n = 0;
+        for b in 0..300 {
+            // Some batches far larger than a chunk.
+            let count = if b % 50 == 7 {
+                60
+            } else {
+                1 + xorshift(&mut x) % 6
+            };
+            let batch: Vec<Vec<u8>> = (0..count)
+                .map(|_| vec![b as u8; (xorshift(&mut x) % 300) as usize])
+                .collect();
+            n += batch.len() as u64;
+            w.append(&batch).unwrap();
+        }
+        drop(w);
+        let seg = log.segment_path(1);
+        let bytes = fs.read_live(&seg).unwrap();
+        assert!(bytes.len() > 20 * 4096);
+        let ok = |_: u64, _: &[u8]| Ok(());
+        let r = log.verify(&ok, &mut |_, _| {}).unwrap();
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!(r.records, n);
+        for _ in 0..300 {
+            let bit = xorshift(&mut x) % (bytes.len() as u64 * 8);
+            if bit < 32 * 8 {
+                continue;
+            }
+            let mut b = bytes.clone();
+            b[(bit / 8) as usize] ^= 1 << (bit % 8);
+            let want = whole_scan(&b).expect("a flip is always found");
+            fs.write_raw(&seg, b.clone());
+            let r = log.verify(&ok, &mut |_, _| {}).unwrap();
+            let p = &r.problems[0];
+            assert_eq!(
+                (p.offset, p.kind == ProblemKind::TornTail),
+                want,
+                "bit {bit}: {}",
+                p.message
+            );
+            // And a cut anywhere: the torn tail is where the whole scan says.
+            let cut = 32 + (xorshift(&mut x) as usize) % (b.len() - 32);
+            fs.write_raw(&seg, bytes[..cut].to_vec());
+            let r = log.verify(&ok, &mut |_, _| {}).unwrap();
+            match whole_scan(&bytes[..cut]) {
+                None => assert!(r.is_clean()),
+                Some(want) => {
+                    let p = &r.problems[0];
+                    assert_eq!((p.offset, p.kind == ProblemKind::TornTail), want);
                 }
             }
         }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::common::{Rng, exp, fault_log, init_store, metrics, small_opts, source, zolog};
+use crate::common::{Rng, exp, fault_log, init_store, metrics, small_opts, zolog};
 use zolog::event::codec;
-use zolog::event::{EpochEnded, NewEvent, Payload, SourceKind, Timestamp};
+use zolog::event::{EpochEnded, NewEvent, Payload, Source, SourceKind, Timestamp};
 use zolog::log::fs::FaultFs;
 use zolog::log::{Log, LogError, ProblemKind};
 use zolog::store::{Store, StoreOptions};
@@ -16,18 +16,16 @@ fn epoch_event(i: u64) -> NewEvent {
     NewEvent {
         time: Timestamp(1_795_000_000_000_000_000 + i as i64 * 1_000_000),
         appended: None,
-        source: source(SourceKind::Trainer),
+        source: Source {
+            kind: SourceKind::Trainer,
+            pid: None,
+            host: None,
+        },
         payload: Payload::EpochEnded(EpochEnded {
             experiment_id: exp(1 + (i % 3) as u32),
             epoch: i,
             step: Some(i * 100),
-            metrics: metrics(&[
-                ("loss", 1.0 / (i as f64 + 1.0)),
-                (
-                    "val_loss",
-                    if i.is_multiple_of(97) { f64::NAN } else { 0.5 },
-                ),
-            ]),
+            metrics: metrics(&[("loss", if i.is_multiple_of(97) { f64::NAN } else { 0.5 })]),
             learning_rate: Some(1e-3),
             wall_time_seconds: None,
             gpu_memory_mb: None,
@@ -77,7 +75,7 @@ fn ten_thousand_random_bit_flips_are_all_detected() {
     let seg = dir.join("00000000000000000001.zlog");
     let last = *starts.last().unwrap();
     let (mut refused, mut torn) = (0, 0);
-    for flip in 0..10_000 {
+    for flip in 0..10_000u32 {
         let bit = rng.below(bytes.len() as u64 * 8);
         let byte = bit / 8;
         let mask = 1u8 << (bit % 8);
@@ -85,7 +83,7 @@ fn ten_thousand_random_bit_flips_are_all_detected() {
         // A fresh handle each time: no in-process knowledge of the tail.
         let log = Log::open(Arc::new(fs.clone()), &dir, small_opts(1 << 30)).unwrap();
         let report = log
-            .verify(&mut |_, _| Ok(()), &mut |_, _| {})
+            .verify(&|_, _| Ok(()), &mut |_, _| {})
             .unwrap_or_else(|e| panic!("flip {flip} (bit {bit}): verify failed: {e}"));
         let at = damaged_record(&starts, byte);
         assert!(
@@ -101,7 +99,7 @@ fn ten_thousand_random_bit_flips_are_all_detected() {
             torn += 1;
         } else {
             assert_eq!(p.kind, ProblemKind::Damage, "flip {flip}: {}", p.message);
-            if flip % 10 == 0 {
+            if flip.is_multiple_of(20) {
                 // The writer refuses it, naming segment and offset; nothing is cut.
                 match log.writer() {
                     Err(LogError::Corrupted {
@@ -119,7 +117,7 @@ fn ten_thousand_random_bit_flips_are_all_detected() {
         assert!(fs.xor_byte(&seg, byte, mask), "undo the flip");
     }
     assert_eq!(fs.read_live(&seg).unwrap(), bytes);
-    assert!(refused > 500, "{refused}");
+    assert!(refused > 250, "{refused}");
     let _ = torn; // flips land in the last record rarely; the torn-tail tests cover it
 }
 
@@ -131,8 +129,8 @@ fn verify_reports_a_record_that_is_not_an_event() {
     w.append(&[codec::encode(&epoch_event(1))]).unwrap();
     w.append(&[b"not an event".to_vec()]).unwrap();
     drop(w);
-    let mut check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
-    let report = log.verify(&mut check, &mut |_, _| {}).unwrap();
+    let check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
+    let report = log.verify(&check, &mut |_, _| {}).unwrap();
     assert_eq!(report.problems.len(), 1);
     assert_eq!(report.problems[0].kind, ProblemKind::Payload);
     assert!(report.problems[0].message.starts_with("record 2:"));

@@ -314,3 +314,113 @@ fn bad_lines_are_reported_with_line_numbers_and_good_lines_appended() {
     let batches = raw_batches(&root.join("log"));
     assert_eq!(batches, vec![vec![1], vec![2, 3, 4]]);
 }
+
+/// Line numbers stay right across the blocks a large input is read in, and a line that is not
+/// UTF-8 is one rejected line (regression: it ended the whole input as an I/O error).
+#[test]
+fn line_numbers_hold_across_blocks_and_bad_bytes_reject_one_line() {
+    let (_dir, root) = init_store();
+    let mut input = Vec::new();
+    let mut bad = Vec::new();
+    for i in 1..=30_000usize {
+        if i % 7919 == 0 {
+            bad.push(i);
+            input.extend_from_slice(b"{\"type\":\"NoteAdded\",\"text\":\"\xff\xfe\"}\n");
+        } else if i % 10_007 == 0 {
+            bad.push(i);
+            input.extend_from_slice(b"{\"type\":\"Nope\"}\n");
+        } else {
+            input.extend_from_slice(note(0, 0, i).as_bytes());
+        }
+    }
+    let mut child = Command::new(zolog_bin())
+        .arg("append")
+        .env("ZO_STORE", &root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Odd-sized writes, so reads end mid-line.
+    let writer = std::thread::spawn(move || {
+        for piece in input.chunks(77_777) {
+            stdin.write_all(piece).unwrap();
+        }
+    });
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<usize> = stderr
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("zolog: <stdin>:").unwrap();
+            rest.split(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(lines, bad, "{stderr}");
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    let events = Store::open(&root, StoreOptions::default())
+        .unwrap()
+        .events(2)
+        .unwrap();
+    assert_eq!(events.len(), 30_000 - bad.len());
+    let want: Vec<usize> = (1..=30_000).filter(|i| !bad.contains(i)).collect();
+    let got: Vec<usize> = events.iter().map(|e| tag(e).2).collect();
+    assert_eq!(got, want);
+}
+
+/// A slow producer's lines are appended (durably) as they arrive, not held back until the input
+/// ends or a batch fills.
+#[test]
+fn a_slow_producers_lines_are_appended_as_they_arrive() {
+    let (_dir, root) = init_store();
+    let mut child = Command::new(zolog_bin())
+        .arg("append")
+        .env("ZO_STORE", &root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let store = Store::open(&root, StoreOptions::default()).unwrap();
+    for i in 0..3 {
+        stdin.write_all(note(0, 0, i).as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.events(1).unwrap().len() < i + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "line {i} was not appended while stdin stayed open"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// An event over the maximum record size (16 MiB) is one rejected line, not the end of the input.
+#[test]
+fn an_event_over_the_maximum_record_size_is_one_rejected_line() {
+    let (_dir, root) = init_store();
+    let big = format!(
+        "{{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"{}\"}}\n",
+        "x".repeat(16 * 1024 * 1024 + 1)
+    );
+    let input = format!("{}{big}{}", note(0, 0, 1), note(0, 0, 3));
+    let out = zolog(&root)
+        .arg("append")
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("zolog: <stdin>:2: the event is 16777")
+            && stderr.contains("maximum record size of 16777216"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("appended 2 event(s), last seq 3"));
+}

@@ -115,9 +115,9 @@ fn instantiate(args: &[String]) -> Vec<String> {
         if a.is_empty() {
             continue;
         }
-        let placeholder = a.len() > 0
-            && a.chars()
-                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+        let placeholder = a
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
             && a.chars().next().is_some_and(|c| c.is_ascii_uppercase());
         out.push(if !placeholder {
             a.to_owned()

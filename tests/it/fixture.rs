@@ -79,8 +79,8 @@ fn v1_fixture_reads_back_exactly() {
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
     let log = store.log();
     assert_eq!(log.segments().unwrap(), vec![1, 9]);
-    let mut check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
-    let report = log.verify(&mut check, &mut |_, _| {}).unwrap();
+    let check = |seq: u64, p: &[u8]| codec::decode(seq, p).map(|_| ()).map_err(|e| e.0);
+    let report = log.verify(&check, &mut |_, _| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!((report.records, report.last_seq), (14, Some(14)));
 

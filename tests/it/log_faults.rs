@@ -367,7 +367,7 @@ impl Harness {
         self.fs.crash(CrashMode::DropUnsynced);
         self.reopen();
         self.writer = None;
-        let report = self.log.verify(&mut |_, _| Ok(()), &mut |_, _| {}).unwrap();
+        let report = self.log.verify(&|_, _| Ok(()), &mut |_, _| {}).unwrap();
         assert!(report.is_clean(), "{:?}\n  {}", report.problems, self.ctx());
         assert_eq!(report.records, self.acked.len() as u64);
     }

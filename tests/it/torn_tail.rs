@@ -192,3 +192,55 @@ fn zeros_or_garbage_after_the_last_batch_are_a_torn_tail() {
         }
     }
 }
+
+/// `zolog recover` cuts a torn tail explicitly, says what it cut and where it kept it; `zolog
+/// verify` reports the torn tail before and nothing after.
+#[test]
+fn cli_recover_cuts_a_torn_tail_and_keeps_it() {
+    let (_dir, root) = crate::common::init_store();
+    crate::common::zolog(&root)
+        .arg("append")
+        .write_stdin("{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"kept\"}\n")
+        .assert()
+        .success();
+    let seg = root.join("log/00000000000000000001.zlog");
+    let good = std::fs::read(&seg).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(&[0x17; 30]);
+    std::fs::write(&seg, &torn).unwrap();
+    let out = crate::common::zolog(&root).arg("verify").output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "torn tail: {} offset {}",
+            seg.display(),
+            good.len()
+        )),
+        "{stdout}"
+    );
+    let out = crate::common::zolog(&root).arg("recover").output().unwrap();
+    assert!(out.status.success());
+    let kept = root.join(format!(
+        "log/00000000000000000001.zlog.{}.broken",
+        good.len()
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "cut 30 byte(s) from {} at offset {} ({}); kept in {}\n",
+            seg.display(),
+            good.len(),
+            "record header checksum mismatch at offset ".to_owned() + &good.len().to_string(),
+            kept.display()
+        )
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), vec![0x17; 30]);
+    assert_eq!(std::fs::read(&seg).unwrap(), good);
+    crate::common::zolog(&root).arg("verify").assert().success();
+    crate::common::zolog(&root)
+        .arg("recover")
+        .assert()
+        .success()
+        .stdout("nothing to cut: the log ends cleanly\n");
+}
