@@ -23,16 +23,16 @@
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::checker::CheckerConfig;
 use crate::checker::process::{OsProcesses, ProcessControl, Sig};
 use crate::checker::watch::{WatchEvent, WatchOptions, WatchReport, Watcher, describe};
-use crate::checker::CheckerConfig;
 use crate::error::{Error, Result};
 use crate::event::{
     AlertRaised, ExpId, ExperimentStatus, ExperimentStatusChanged, Json, Metrics, NewEvent,
@@ -191,7 +191,9 @@ impl ProcessControl for RunControl {
     fn signal(&self, pid: u32, sig: Sig) -> std::io::Result<()> {
         if pid == self.pid {
             if self.reaped.load(Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(nix::errno::Errno::ESRCH as i32));
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
             }
             self.checker_signalled.store(true, Ordering::SeqCst);
         }
@@ -266,13 +268,9 @@ pub async fn run(store: Store, spec: RunSpec, say: Say) -> Result<RunOutcome> {
         .process_group(0)
         .kill_on_drop(true);
     let started_at = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::io(
-            "start",
-            std::path::Path::new(program),
-            e,
-        )
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start", std::path::Path::new(program), e))?;
     let pid = child
         .id()
         .ok_or_else(|| Error::Invalid("the trainer exited before it could be recorded".into()))?;
@@ -283,10 +281,7 @@ pub async fn run(store: Store, spec: RunSpec, say: Say) -> Result<RunOutcome> {
             Payload::ExperimentStatusChanged(ExperimentStatusChanged {
                 experiment_id: exp.clone(),
                 status: ExperimentStatus::Running,
-                reason: format!(
-                    "run again by zolog run (was {})",
-                    status_before.as_str()
-                ),
+                reason: format!("run again by zolog run (was {})", status_before.as_str()),
             }),
         ));
     }
@@ -380,7 +375,10 @@ pub async fn run(store: Store, spec: RunSpec, say: Say) -> Result<RunOutcome> {
             (t.lines, t.events, t.rejected)
         }
         Ok(Err(e)) => {
-            say(&format!("warning: ingest of {} failed: {e}", metrics.display()));
+            say(&format!(
+                "warning: ingest of {} failed: {e}",
+                metrics.display()
+            ));
             (0, 0, 0)
         }
         Err(e) => {
@@ -505,13 +503,19 @@ fn forward(
 ) {
     let group = Pid::from_raw(pid as i32);
     if user_signal.is_some() {
-        say(&format!("{} again: SIGKILL to trainer pid {pid}", sig.as_str()));
+        say(&format!(
+            "{} again: SIGKILL to trainer pid {pid}",
+            sig.as_str()
+        ));
         let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         *user_signal = Some("SIGKILL".into());
         *escalate_at = None;
         return;
     }
-    say(&format!("{}: forwarding it to trainer pid {pid}", sig.as_str()));
+    say(&format!(
+        "{}: forwarding it to trainer pid {pid}",
+        sig.as_str()
+    ));
     let _ = nix::sys::signal::killpg(group, sig);
     *user_signal = Some(sig.as_str().to_owned());
     *escalate_at = Some(tokio::time::Instant::now() + grace);

@@ -18,7 +18,12 @@ use crate::run::{RunSpec, Say};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The experiment this run trains (exp-NNN, already minted).
-    #[arg(long, value_name = "ID", required_unless_present = "mint", conflicts_with = "mint")]
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "mint",
+        conflicts_with = "mint"
+    )]
     pub exp: Option<ExpId>,
     /// Mint a new experiment for this run (with --parent, --phase, --hypothesis, --rationale).
     #[arg(long)]
@@ -58,7 +63,9 @@ fn grace(secs: f64) -> Result<Duration> {
     if secs.is_finite() && secs >= 0.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(Error::Invalid(format!("--grace {secs}: expected seconds ≥ 0")))
+        Err(Error::Invalid(format!(
+            "--grace {secs}: expected seconds ≥ 0"
+        )))
     }
 }
 

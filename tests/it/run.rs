@@ -111,7 +111,9 @@ impl Proj {
 
     fn zolog(&self) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("--store").arg(&self.root).current_dir(self.dir.path());
+        c.arg("--store")
+            .arg(&self.root)
+            .current_dir(self.dir.path());
         c
     }
 
@@ -229,7 +231,14 @@ fn run_kill_stops_a_trainer_that_writes_nan_and_audit_reproduces_it() {
     let p = Proj::new();
     let (st, err) = p.run(
         &["--kill", "--grace", "5"],
-        &["--epochs", "200", "--nan-at", "4", "--epoch-seconds", "0.05"],
+        &[
+            "--epochs",
+            "200",
+            "--nan-at",
+            "4",
+            "--epoch-seconds",
+            "0.05",
+        ],
     );
     assert_eq!(st.code(), Some(2), "killed by the checker: {err}");
     let ev = p.events();
@@ -305,7 +314,12 @@ fn run_records_a_crashed_trainer_as_failed_with_its_exit_status() {
         .filter(|e| e.payload.kind() == "EpochEnded")
         .count();
     assert_eq!(last_epoch, 3);
-    assert!(ev.iter().position(|x| x.payload.kind() == "EpochEnded").unwrap() < ev.len());
+    assert!(
+        ev.iter()
+            .position(|x| x.payload.kind() == "EpochEnded")
+            .unwrap()
+            < ev.len()
+    );
     let d = p.diagnosis();
     assert!(d.contains("exit code 3 (a failure)"), "{d}");
     let (code, text) = p.cmd(&["audit", "exp-001"]);
@@ -335,8 +349,14 @@ fn run_of_a_trainer_that_exits_0_leaves_training_ended_and_status_running() {
     assert!(out.contains("\"running\""), "{out}");
     // The pair folds into one ending with both halves.
     let d = p.diagnosis();
-    assert!(d.contains("- Outcome: training ended at epoch 3, exit code 0"), "{d}");
-    assert!(d.contains("4 epoch(s) run (epochs 0–3 of 4 planned)"), "{d}");
+    assert!(
+        d.contains("- Outcome: training ended at epoch 3, exit code 0"),
+        "{d}"
+    );
+    assert!(
+        d.contains("4 epoch(s) run (epochs 0–3 of 4 planned)"),
+        "{d}"
+    );
     assert!(d.contains("final metrics train_loss="), "{d}");
     // A second run of the same experiment is a new start.
     let (st, err) = p.run(&[], &["--epochs", "2"]);
@@ -366,7 +386,11 @@ fn ctrl_c_is_forwarded_to_the_trainer_and_recorded_as_a_user_kill() {
         if ev.iter().any(|e| e.payload.kind() == "EpochEnded") {
             break starts(&ev)[0].1.pid.unwrap();
         }
-        assert!(g.try_status().is_none(), "{}", std::fs::read_to_string(&err).unwrap());
+        assert!(
+            g.try_status().is_none(),
+            "{}",
+            std::fs::read_to_string(&err).unwrap()
+        );
         assert!(Instant::now() < deadline, "no epoch ingested");
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -381,12 +405,12 @@ fn ctrl_c_is_forwarded_to_the_trainer_and_recorded_as_a_user_kill() {
     // Python dies of the forwarded SIGINT (KeyboardInterrupt): 128 + 2.
     assert_eq!(st.code(), Some(130), "{st:?} {text}");
     assert!(st.signal().is_none());
-    assert!(text.contains("SIGINT: forwarding it to trainer pid"), "{text}");
     assert!(
-        !zolog::checker::process::ProcessControl::alive(
-            &zolog::checker::process::OsProcesses,
-            pid
-        ),
+        text.contains("SIGINT: forwarding it to trainer pid"),
+        "{text}"
+    );
+    assert!(
+        !zolog::checker::process::ProcessControl::alive(&zolog::checker::process::OsProcesses, pid),
         "the trainer is gone"
     );
     let ev = p.events();
@@ -425,7 +449,14 @@ fn run_refuses_an_unknown_experiment_without_starting_anything() {
     let (st, err) = {
         let o = p
             .zolog()
-            .args(["run", "--mint", "--hypothesis", "touch works", "--", "touch"])
+            .args([
+                "run",
+                "--mint",
+                "--hypothesis",
+                "touch works",
+                "--",
+                "touch",
+            ])
             .arg(&marker)
             .output()
             .unwrap();
