@@ -189,15 +189,18 @@ impl ProcessControl for RunControl {
     }
 
     fn signal(&self, pid: u32, sig: Sig) -> std::io::Result<()> {
-        if pid == self.pid {
-            if self.reaped.load(Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(
-                    nix::errno::Errno::ESRCH as i32,
-                ));
-            }
-            self.checker_signalled.store(true, Ordering::SeqCst);
+        if pid != self.pid {
+            return OsProcesses.signal(pid, sig);
         }
-        OsProcesses.signal(pid, sig)
+        if self.reaped.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(
+                nix::errno::Errno::ESRCH as i32,
+            ));
+        }
+        OsProcesses.signal(pid, sig)?;
+        // No await between the signal and this store: the run cannot see the exit in between.
+        self.checker_signalled.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

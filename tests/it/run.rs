@@ -326,6 +326,13 @@ fn run_records_a_crashed_trainer_as_failed_with_its_exit_status() {
     assert_eq!(code, 0);
     assert!(text.contains("status failed"), "{text}");
     assert!(text.contains("exit code 3"), "{text}");
+    // Run again: the failed experiment is running again, with a new start.
+    let (st, err) = p.run(&[], &["--epochs", "1"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let s = statuses(&p.events());
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!(s[1].0, ExperimentStatus::Running);
+    assert_eq!(s[1].1, "run again by zolog run (was failed)");
 }
 
 #[test]
@@ -444,6 +451,15 @@ fn run_refuses_an_unknown_experiment_without_starting_anything() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(!marker.exists());
+    assert!(starts(&p.events()).is_empty());
+    // A command that cannot be started records nothing.
+    let o = p
+        .zolog()
+        .args(["run", "--exp", "exp-001", "--", "/nonexistent/trainer"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/trainer"));
     assert!(starts(&p.events()).is_empty());
     // --mint makes one.
     let (st, err) = {
