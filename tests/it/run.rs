@@ -290,6 +290,14 @@ fn run_kill_stops_a_trainer_that_writes_nan_and_audit_reproduces_it() {
     assert!(d.contains("of 200 planned"), "{d}");
     assert!(!d.contains("starts"), "{d}");
     assert!(d.contains("killed by checker with SIGTERM"), "{d}");
+
+    // Regression: running the experiment again with --kill must not be killed by the previous
+    // run's stop alert, which the watcher replays from the log.
+    let (st, err) = p.run(&["--kill"], &["--epochs", "2"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let ev = p.events();
+    assert_eq!(kills(&ev).len(), 1, "{err}");
+    assert_eq!(statuses(&ev).last().unwrap().0, ExperimentStatus::Running);
 }
 
 #[test]
