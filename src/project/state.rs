@@ -531,7 +531,9 @@ pub fn apply(state: &mut State, ev: &Event) {
             state.touch(i);
         }
         Payload::TrainingStarted(t) => {
-            training_started(&mut state.experiments[i].details_mut().run, t, ev.time);
+            let e = &mut state.experiments[i];
+            let running = e.status == ExperimentStatus::Running;
+            training_started(&mut e.details_mut().run, t, ev.time, running);
             state.touch(i);
         }
         Payload::EpochEnded(e) => {
@@ -596,8 +598,11 @@ fn result_state(r: &ResultRecorded, delta: Option<f64>) -> ResultState {
     }
 }
 
-fn training_started(run: &mut Run, t: &TrainingStarted, time: Timestamp) {
-    if run.starts > 0
+/// `running`: the experiment's status is `running` (a killed, failed or complete run has ended
+/// even without a TrainingEnded).
+fn training_started(run: &mut Run, t: &TrainingStarted, time: Timestamp, running: bool) {
+    if running
+        && run.starts > 0
         && run.ended.is_none()
         && run.pid.is_some()
         && (t.pid.is_none() || t.pid == run.pid)

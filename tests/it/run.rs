@@ -623,3 +623,63 @@ fn hidden_subcommands_stay_out_of_help() {
     let o = Command::new(BIN).args(["demo", "--help"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&o.stdout).contains("epoch-seconds"));
 }
+
+#[test]
+fn the_training_started_pair_is_one_run_in_the_projections() {
+    let p = Proj::new();
+    let append = |payload: Payload| {
+        p.store
+            .append(&[NewEvent::now(
+                Source::this_process(SourceKind::Cli),
+                payload,
+            )])
+            .unwrap();
+    };
+    let start = |pid: Option<u32>, total: Option<u64>| {
+        Payload::TrainingStarted(TrainingStarted {
+            experiment_id: exp(),
+            experiment_name: pid.is_none().then(|| "mlp".to_owned()),
+            pid,
+            host: pid.map(|_| "gpu-1".to_owned()),
+            total_epochs: total,
+            config: Json::default(),
+        })
+    };
+    let run = || {
+        zolog::project::refresh(&p.store).unwrap();
+        let state = zolog::project::current(&p.store).unwrap();
+        state.get(&exp()).unwrap().details().run.clone()
+    };
+    append(start(Some(4242), None));
+    append(start(None, Some(50)));
+    let r = run();
+    assert_eq!(r.starts, 1);
+    assert_eq!((r.pid, r.host.as_deref()), (Some(4242), Some("gpu-1")));
+    assert_eq!((r.total_epochs, r.name.as_deref()), (Some(50), Some("mlp")));
+    // Killed (no TrainingEnded): the experiment is aborted, so a later start is a new run.
+    append(Payload::RunKilled(RunKilled {
+        experiment_id: exp(),
+        pid: Some(4242),
+        alert_seqs: vec![],
+        signal: "SIGTERM".into(),
+        by: "checker".into(),
+        reason: "test".into(),
+    }));
+    append(Payload::ExperimentStatusChanged(
+        zolog::event::ExperimentStatusChanged {
+            experiment_id: exp(),
+            status: ExperimentStatus::Aborted,
+            reason: "test".into(),
+        },
+    ));
+    append(start(None, Some(10)));
+    let r = run();
+    assert_eq!(r.starts, 2);
+    assert_eq!(r.pid, None);
+    // Incremental folds and a rebuild agree.
+    zolog::project::refresh(&p.store).unwrap();
+    let before = std::fs::read(p.root.join("experiments/exp-001/diagnosis.md")).unwrap();
+    zolog::project::rebuild(&p.store).unwrap();
+    let after = std::fs::read(p.root.join("experiments/exp-001/diagnosis.md")).unwrap();
+    assert_eq!(before, after);
+}
