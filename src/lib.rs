@@ -7,12 +7,14 @@
 pub mod checker;
 pub mod checkpoint;
 pub mod cli;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod exp;
 pub mod ingest;
 pub mod log;
 pub mod project;
+pub mod run;
 pub mod schema;
 pub mod store;
 

@@ -206,6 +206,17 @@ impl Checker {
         }
         match &ev.payload {
             Payload::EpochEnded(e) => self.on_epoch(ev, e),
+            Payload::TrainingStarted(t) if self.run.continued_by(t) => {
+                // The trainer's own `training_start` line for the run that `zolog run` started
+                // (docs/run.md): it adds what the trainer knows; pid, host and start stay.
+                if t.total_epochs.is_some() {
+                    self.run.total_epochs = t.total_epochs;
+                }
+                self.run.schedule_configured |=
+                    schedule_configured(&t.config.0, &self.cfg.dead_lr.schedule_keys);
+                self.stall
+                    .progress(&self.cfg.stall, ev.seq, ev.time, ev.appended, false, false);
+            }
             Payload::TrainingStarted(t) => {
                 self.run.started_seq = Some(ev.seq);
                 self.run.started_time = Some(ev.time);

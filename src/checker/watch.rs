@@ -457,6 +457,9 @@ impl Watcher {
                 change: &change,
             });
         }
+        // Only this run's stop alerts stop it: after a restart (a second `zolog run` of the
+        // experiment, say) the previous run's alerts are replayed but never kill the new one.
+        stops.retain(|(seq, a)| of_current_run(checker.run(), *seq, a));
         if self.opts.kill && !stops.is_empty() && report.killed.is_none() {
             stops.sort_by_key(|s| s.0);
             self.kill(checker, &stops, report).await?;
@@ -560,6 +563,15 @@ impl Watcher {
         });
         report.killed = Some((seq, killed));
         Ok(())
+    }
+}
+
+/// Does the stop alert at `seq` belong to the run in force? Its trigger (the last evidence
+/// seq; the alert's own seq when it cites none) is at or after the run's TrainingStarted.
+fn of_current_run(run: &super::RunInfo, seq: u64, a: &AlertRaised) -> bool {
+    match run.started_seq {
+        None => true,
+        Some(start) => a.evidence_seqs.last().copied().unwrap_or(seq) >= start,
     }
 }
 

@@ -7,6 +7,7 @@ mod exp;
 mod ingest;
 mod logcmd;
 mod projection;
+mod run;
 mod schemacmd;
 
 use std::io::{self, Write};
@@ -72,6 +73,14 @@ pub enum Command {
     Watch(checkcmd::WatchArgs),
     /// Explain why an experiment's run ended, replaying the checker's decisions from the log.
     Audit(checkcmd::AuditArgs),
+    /// Run a trainer under zolog: ingest its metrics.jsonl live, watch it, record how it ended.
+    Run(run::RunArgs),
+    /// See the whole product in one command: a diverging run killed by the checker, on a
+    /// temporary store.
+    Demo(run::DemoArgs),
+    /// The demo's simulated trainer (run by `zolog demo`).
+    #[command(name = "__demo-trainer", hide = true)]
+    DemoTrainer(run::DemoTrainerArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -147,6 +156,9 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Resume(a) => checkpoint::resume(ctx, a),
         Command::Watch(a) => checkcmd::watch(ctx, a),
         Command::Audit(a) => checkcmd::audit(ctx, a),
+        Command::Run(a) => run::run(ctx, a),
+        Command::Demo(a) => run::demo(a),
+        Command::DemoTrainer(a) => run::demo_trainer(a),
     }
 }
 

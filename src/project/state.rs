@@ -531,7 +531,9 @@ pub fn apply(state: &mut State, ev: &Event) {
             state.touch(i);
         }
         Payload::TrainingStarted(t) => {
-            training_started(&mut state.experiments[i].details_mut().run, t, ev.time);
+            let e = &mut state.experiments[i];
+            let running = e.status == ExperimentStatus::Running;
+            training_started(&mut e.details_mut().run, t, ev.time, running);
             state.touch(i);
         }
         Payload::EpochEnded(e) => {
@@ -596,7 +598,26 @@ fn result_state(r: &ResultRecorded, delta: Option<f64>) -> ResultState {
     }
 }
 
-fn training_started(run: &mut Run, t: &TrainingStarted, time: Timestamp) {
+/// `running`: the experiment's status is `running` (a killed, failed or complete run has ended
+/// even without a TrainingEnded).
+fn training_started(run: &mut Run, t: &TrainingStarted, time: Timestamp, running: bool) {
+    if running
+        && run.starts > 0
+        && run.ended.is_none()
+        && run.pid.is_some()
+        && (t.pid.is_none() || t.pid == run.pid)
+    {
+        // The second half of `zolog run`'s TrainingStarted pair (docs/run.md): the trainer's own
+        // `training_start` line adds its name, planned epochs and configuration to the run that
+        // `zolog run` started with the pid; it is not another start.
+        if t.experiment_name.is_some() {
+            run.name = t.experiment_name.clone();
+        }
+        if t.total_epochs.is_some() {
+            run.total_epochs = t.total_epochs;
+        }
+        return;
+    }
     run.starts += 1;
     if t.experiment_name.is_some() {
         run.name = t.experiment_name.clone();
@@ -696,13 +717,22 @@ fn training_ended(run: &mut Run, t: &TrainingEnded, time: Timestamp) {
     if t.wall_time_seconds.is_some() {
         run.wall_time_seconds = t.wall_time_seconds;
     }
+    // A second TrainingEnded of the same run (the trainer's `training_end` line, then `zolog
+    // run`'s record of the exit status) completes the first: what it leaves out is kept.
+    let prev = run.ended.take();
+    let prev = prev.as_ref();
     run.ended = Some(Ended {
         time,
-        epoch: t.epoch,
-        exit_code: t.exit_code,
-        signal: t.signal,
-        wall_time_seconds: t.wall_time_seconds,
-        metrics: t.metrics.clone(),
+        epoch: t.epoch.or(prev.and_then(|p| p.epoch)),
+        exit_code: t.exit_code.or(prev.and_then(|p| p.exit_code)),
+        signal: t.signal.or(prev.and_then(|p| p.signal)),
+        wall_time_seconds: t
+            .wall_time_seconds
+            .or(prev.and_then(|p| p.wall_time_seconds)),
+        metrics: match prev {
+            Some(p) if t.metrics.is_empty() => p.metrics.clone(),
+            _ => t.metrics.clone(),
+        },
     });
 }
 

@@ -13,5 +13,6 @@ mod kill9;
 mod log_faults;
 mod projections;
 mod roundtrip;
+mod run;
 mod schemas;
 mod torn_tail;

@@ -38,6 +38,18 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// Is `t` the second half of a TrainingStarted pair rather than a new run? `zolog run`
+    /// records the start with the trainer's pid; the trainer's own `training_start` line, ingested
+    /// a moment later, carries no pid (or the same one). While the run with a pid has not ended,
+    /// such a start continues it: it adds total epochs and configuration and keeps pid, host and
+    /// start time (docs/run.md).
+    pub fn continued_by(&self, t: &crate::event::TrainingStarted) -> bool {
+        self.started_seq.is_some()
+            && !self.ended
+            && self.pid.is_some()
+            && (t.pid.is_none() || t.pid == self.pid)
+    }
+
     /// Is there a run in progress, as far as the log says?
     pub fn active(&self) -> bool {
         !self.ended && (self.started_seq.is_some() || self.samples > 0)
