@@ -31,8 +31,14 @@ pub fn append_checked<T>(
         Some(writer.append(&payloads)?)
     };
     drop(writer);
-    if appended.is_some() {
-        project::refresh(store)?;
+    if let Some(a) = appended
+        && let Err(e) = project::refresh(store)
+    {
+        return Err(Error::Invalid(format!(
+            "appended seq {}..={}, but updating the projection files failed: {e}; the log is \
+             intact: the next command, or `zolog rebuild`, brings the files up to date",
+            a.first_seq, a.last_seq
+        )));
     }
     Ok((appended, out))
 }
