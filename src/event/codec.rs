@@ -75,9 +75,8 @@ fn decode_limited(bytes: &[u8]) -> Result<(Body, usize), DecodeError> {
     )
 }
 
-/// Decode a record payload into the event with sequence number `seq`. Refuses unknown versions,
-/// invalid ids and trailing bytes, so whatever it accepts re-encodes to the same bytes.
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
+/// The bytes after the version byte, if the version is one this zolog reads.
+fn body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let (&version, rest) = bytes
         .split_first()
         .ok_or_else(|| CodecError("empty payload".into()))?;
@@ -86,6 +85,13 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
             "event encoding version {version} is not supported (this zolog reads version {EVENT_ENCODING_VERSION})"
         )));
     }
+    Ok(rest)
+}
+
+/// Decode a record payload into the event with sequence number `seq`. Refuses unknown versions,
+/// invalid ids and trailing bytes, so whatever it accepts re-encodes to the same bytes.
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
+    let rest = body(bytes)?;
     let ((time, appended, source, payload), used) =
         decode_limited(rest).map_err(|e| CodecError(e.to_string()))?;
     if used != rest.len() {
@@ -140,14 +146,7 @@ pub struct EpochView<'a> {
 /// decode those with [`decode`], which also says what is wrong with a bad record. Checks what
 /// [`decode`] checks: version, a valid experiment id, no trailing bytes.
 pub fn decode_epoch_view(bytes: &[u8]) -> Result<Option<(Timestamp, EpochView<'_>)>, CodecError> {
-    let (&version, rest) = bytes
-        .split_first()
-        .ok_or_else(|| CodecError("empty payload".into()))?;
-    if version != EVENT_ENCODING_VERSION {
-        return Err(CodecError(format!(
-            "event encoding version {version} is not supported (this zolog reads version {EVENT_ENCODING_VERSION})"
-        )));
-    }
+    let rest = body(bytes)?;
     let limited = || cfg().with_limit::<{ 1024 * 1024 }>();
     let Ok((head, used)) = bincode::borrow_decode_from_slice::<HeadView<'_>, _>(rest, limited())
     else {
