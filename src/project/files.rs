@@ -108,9 +108,17 @@ fn parallel(n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
 
 /// Flush the file system holding `dir` (syncfs): every file and directory entry written so far
 /// on it becomes durable.
+#[cfg(target_os = "linux")]
 fn flush_fs(dir: &Path) -> Result<()> {
     let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
     nix::unistd::syncfs(&f).map_err(|e| Error::io("syncfs", dir, io::Error::from(e)))
+}
+
+/// Where there is no syncfs: flush every file system.
+#[cfg(not(target_os = "linux"))]
+fn flush_fs(_dir: &Path) -> Result<()> {
+    nix::unistd::sync();
+    Ok(())
 }
 
 /// Bring every job's file to its bytes, atomically and durably, skipping files that already
