@@ -27,14 +27,14 @@ pub fn append_checked<T>(
     let (events, out) = decide(current.state())?;
     if events.is_empty() {
         drop(writer);
-        let (_, state) = project::refresh_from(store, current)?;
-        return Ok((None, out, state));
+        let (_, current) = project::refresh_from(store, current)?;
+        return Ok((None, out, current.into_state()));
     }
     let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
     let a = writer.append(&payloads)?;
     drop(writer);
     match project::refresh_from(store, current) {
-        Ok((_, state)) => Ok((Some(a), out, state)),
+        Ok((_, current)) => Ok((Some(a), out, current.into_state())),
         Err(e) => Err(Error::Invalid(format!(
             "appended seq {}..={}, but updating the projection files failed: {e}; the log is \
              intact: the next command, or `zolog rebuild`, brings the files up to date",

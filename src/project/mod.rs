@@ -33,7 +33,8 @@ pub const LOCK_FILE: &str = "projections.lock";
 /// What a refresh or rebuild did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
-    /// `used`, `missing`, `discarded: <why>`, or `not used` (rebuild).
+    /// `used`, `missing`, `discarded: <why>`, `not used` (rebuild), or `in memory` (a
+    /// [`refresh_from`] going on from the state of the previous one).
     pub checkpoint: String,
     /// Events folded, from seq `from_seq` on.
     pub events: u64,
@@ -242,6 +243,10 @@ impl Current {
     pub fn state(&self) -> &State {
         &self.0.state
     }
+
+    pub fn into_state(self) -> State {
+        self.0.state
+    }
 }
 
 /// [`current`], ready for [`refresh_from`].
@@ -263,8 +268,9 @@ pub fn refresh_report(store: &Store) -> Result<Report> {
 }
 
 /// [`refresh`] from a state loaded earlier (before an append): fold what came since, write, save.
-/// Returns the state the files now show.
-pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, State)> {
+/// Returns the state the files now show, ready for the next `refresh_from`: a long-running
+/// appender (an ingest follower) keeps it and never loads the checkpoint again.
+pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, Current)> {
     let _lock = lock(store)?;
     let mut folded = cur.0;
     let log = store.log();
@@ -316,8 +322,8 @@ fn lock(store: &Store) -> Result<File> {
 /// Experiments rendered per write pass: bounds the memory a rebuild holds in rendered bytes.
 const CHUNK: usize = 2048;
 
-/// Write what changed, then save the checkpoint.
-fn write(store: &Store, folded: Folded) -> Result<(Report, State)> {
+/// Write what changed, then save the checkpoint. Returns the state, now clean.
+fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
     let started = std::time::Instant::now();
     let Folded {
         mut state,
@@ -381,5 +387,21 @@ fn write(store: &Store, folded: Folded) -> Result<(Report, State)> {
         checkpoint::save(&store.state_dir(), &state, &c)?;
         tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
     }
-    Ok((report, state))
+    let next = Report {
+        checkpoint: "in memory".into(),
+        from_seq: state.seq + 1,
+        seq: state.seq,
+        experiments: state.experiments.len(),
+        ignored_events: state.ignored,
+        ..Report::default()
+    };
+    Ok((
+        report,
+        Current(Folded {
+            state,
+            covers,
+            changed: false,
+            report: next,
+        }),
+    ))
 }

@@ -989,3 +989,43 @@ fn reader_after_resumes_exactly_where_a_full_read_would() {
         assert!(log.frame_header_at(&wrong).unwrap().is_none());
     }
 }
+
+/// A long-running appender keeps the state `refresh_from` returns and never reloads the
+/// checkpoint; its files still equal a rebuild's.
+#[test]
+fn chained_refresh_from_equals_a_rebuild() {
+    let f = golden_fixture();
+    let (r, mut cur) = project::refresh_from(&f.store, project::load(&f.store).unwrap()).unwrap();
+    assert_eq!(r.checkpoint, "missing");
+    for k in 0..5u64 {
+        f.append(
+            100 + k as i64,
+            Payload::EpochEnded(EpochEnded {
+                experiment_id: id("exp-003"),
+                epoch: k,
+                step: None,
+                metrics: Metrics(vec![("val_loss".into(), 1.0 / (k as f64 + 1.0))]),
+                learning_rate: None,
+                wall_time_seconds: None,
+                gpu_memory_mb: None,
+            }),
+        );
+        let (r, next) = project::refresh_from(&f.store, cur).unwrap();
+        assert_eq!((r.checkpoint.as_str(), r.events), ("in memory", 1));
+        assert_eq!(r.files_written, 1, "exp-003/diagnosis.md only: {r:?}");
+        cur = next;
+    }
+    assert!(
+        cur.state()
+            .get(&id("exp-003"))
+            .unwrap()
+            .details()
+            .run
+            .epochs
+            == 5
+    );
+    let chained = snapshot(&f.exp_dir());
+    std::fs::remove_dir_all(f.exp_dir()).unwrap();
+    project::rebuild(&f.store).unwrap();
+    assert_same_files(&chained, &snapshot(&f.exp_dir()));
+}
