@@ -184,7 +184,8 @@ fn print_json(v: &impl Serialize) -> Result<()> {
     out(&mut stdout, format_args!("{s}\n"))
 }
 
-fn print(text: std::fmt::Arguments<'_>) -> Result<()> {
+/// Print to stdout (a closed pipe ends quietly, as `cli::report` arranges).
+pub(super) fn print(text: std::fmt::Arguments<'_>) -> Result<()> {
     let mut stdout = io::stdout().lock();
     out(&mut stdout, text)?;
     stdout

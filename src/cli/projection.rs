@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{Ctx, out};
-use crate::error::{Error, Result};
+use super::Ctx;
+use super::exp::print;
+use crate::error::Result;
 use crate::exp::import;
 use crate::project;
 
@@ -27,14 +28,6 @@ pub struct ImportArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn print(text: std::fmt::Arguments<'_>) -> Result<()> {
-    let mut stdout = io::stdout().lock();
-    out(&mut stdout, text)?;
-    stdout
-        .flush()
-        .map_err(|e| Error::io("write", "<stdout>", e))
 }
 
 pub fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<ExitCode> {

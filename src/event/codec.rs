@@ -107,9 +107,8 @@ fn decode_limited(bytes: &[u8]) -> Result<(Body, usize), DecodeError> {
     )
 }
 
-/// Decode a record payload into the event with sequence number `seq`. Refuses unknown versions,
-/// invalid ids and trailing bytes, so whatever it accepts re-encodes to the same bytes.
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
+/// The bytes after the version byte, if the version is one this zolog reads.
+fn body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let (&version, rest) = bytes
         .split_first()
         .ok_or_else(|| CodecError("empty payload".into()))?;
@@ -118,6 +117,13 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
             "event encoding version {version} is not supported (this zolog reads version {EVENT_ENCODING_VERSION})"
         )));
     }
+    Ok(rest)
+}
+
+/// Decode a record payload into the event with sequence number `seq`. Refuses unknown versions,
+/// invalid ids and trailing bytes, so whatever it accepts re-encodes to the same bytes.
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
+    let rest = body(bytes)?;
     let ((time, appended, source, payload), used) =
         decode_limited(rest).map_err(|e| CodecError(e.to_string()))?;
     if used != rest.len() {
@@ -175,26 +181,27 @@ pub struct EpochView<'a> {
 }
 
 /// If the record is an `EpochEnded`, its time and a borrowed view of it; `Ok(None)` for any
-/// other event (decode those with [`decode`]). Checks what [`decode`] checks: version, a valid
-/// experiment id, no trailing bytes.
+/// other event, and for anything the view cannot read within its small allocation limit (1 MiB):
+/// decode those with [`decode`], which also says what is wrong with a bad record. Checks the
+/// version, a valid experiment id and no trailing bytes; unlike [`decode`] it does not insist on
+/// minimal varints (it reads the same values either way). It is meant for folding records that
+/// passed their CRC, which zolog always wrote in the minimal form; `zolog verify` holds every
+/// record to [`decode`]'s stricter standard.
 pub fn decode_epoch_view(bytes: &[u8]) -> Result<Option<(Timestamp, EpochView<'_>)>, CodecError> {
-    let (&version, rest) = bytes
-        .split_first()
-        .ok_or_else(|| CodecError("empty payload".into()))?;
-    if version != EVENT_ENCODING_VERSION {
-        return Err(CodecError(format!(
-            "event encoding version {version} is not supported (this zolog reads version {EVENT_ENCODING_VERSION})"
-        )));
-    }
-    let limited = || cfg().with_limit::<{ 64 * 1024 * 1024 }>();
-    let (head, used): (HeadView<'_>, usize) = bincode::borrow_decode_from_slice(rest, limited())
-        .map_err(|e| CodecError(e.to_string()))?;
+    let rest = body(bytes)?;
+    let limited = || cfg().with_limit::<{ 1024 * 1024 }>();
+    let Ok((head, used)) = bincode::borrow_decode_from_slice::<HeadView<'_>, _>(rest, limited())
+    else {
+        return Ok(None);
+    };
     if head.variant != EPOCH_ENDED_INDEX {
         return Ok(None);
     }
-    let (view, used2): (EpochView<'_>, usize) =
-        bincode::borrow_decode_from_slice(&rest[used..], limited())
-            .map_err(|e| CodecError(e.to_string()))?;
+    let Ok((view, used2)) =
+        bincode::borrow_decode_from_slice::<EpochView<'_>, _>(&rest[used..], limited())
+    else {
+        return Ok(None);
+    };
     if used + used2 != rest.len() {
         return Err(CodecError(format!(
             "{} trailing byte(s) after the event",
@@ -635,6 +642,9 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(decode_epoch_view(&long).is_err());
+        // What the view cannot read goes to the full decode, which says why.
+        assert_eq!(decode_epoch_view(&bytes[..bytes.len() - 3]).unwrap(), None);
+        assert!(decode(1, &bytes[..bytes.len() - 3]).is_err());
         let at = bytes.windows(7).position(|w| w == b"exp-001").unwrap();
         let mut evil = bytes.clone();
         evil[at..at + 7].copy_from_slice(b"../../x");

@@ -197,12 +197,11 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport> {
             });
         }
     }
-    let (appended, mut report) = super::append_checked(store, |state| plan(state, &reg))?;
+    let (appended, mut report, state) = super::append_checked(store, |state| plan(state, &reg))?;
     if let Some(a) = appended {
         report.first_seq = Some(a.first_seq);
         report.last_seq = Some(a.last_seq);
     }
-    let state = project::current(store)?;
     report.reproduces_file = project::registry::render(&state) == bytes;
     for e in &reg.experiments {
         if let Some(have) = state.get(&e.id) {

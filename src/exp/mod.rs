@@ -15,26 +15,32 @@ use crate::project::{self, State};
 use crate::store::Store;
 
 /// Under the writer lock: fold the log to its end, let `decide` check the request against that
-/// state and say what to append, append it as one batch, then refresh the projections. Holding
-/// the lock while deciding makes check-then-append atomic (two mints never get the same id).
+/// state and say what to append, append it as one batch, then refresh the projections (going on
+/// from the state already folded). Holding the lock while deciding makes check-then-append atomic
+/// (two mints never get the same id). Returns the state the projection files then show.
 pub fn append_checked<T>(
     store: &Store,
     decide: impl FnOnce(&State) -> Result<(Vec<NewEvent>, T)>,
-) -> Result<(Option<Appended>, T)> {
+) -> Result<(Option<Appended>, T, State)> {
     let mut writer = store.writer()?;
-    let state = project::current(store)?;
-    let (events, out) = decide(&state)?;
-    let appended = if events.is_empty() {
-        None
-    } else {
-        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
-        Some(writer.append(&payloads)?)
-    };
-    drop(writer);
-    if appended.is_some() {
-        project::refresh(store)?;
+    let current = project::load(store)?;
+    let (events, out) = decide(current.state())?;
+    if events.is_empty() {
+        drop(writer);
+        let (_, current) = project::refresh_from(store, current)?;
+        return Ok((None, out, current.into_state()));
     }
-    Ok((appended, out))
+    let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
+    let a = writer.append(&payloads)?;
+    drop(writer);
+    match project::refresh_from(store, current) {
+        Ok((_, current)) => Ok((Some(a), out, current.into_state())),
+        Err(e) => Err(Error::Invalid(format!(
+            "appended seq {}..={}, but updating the projection files failed: {e}; the log is \
+             intact: the next command, or `zolog rebuild`, brings the files up to date",
+            a.first_seq, a.last_seq
+        ))),
+    }
 }
 
 fn cli_event(payload: Payload) -> NewEvent {
@@ -59,7 +65,7 @@ pub struct Mint {
 
 /// Mint the next experiment (highest number + 1); returns its id.
 pub fn mint(store: &Store, m: Mint) -> Result<ExpId> {
-    let (_, id) = append_checked(store, |state| {
+    let (_, id, _) = append_checked(store, |state| {
         if let Some(p) = &m.parent {
             require(state, p)?;
         }
@@ -93,7 +99,7 @@ pub struct ResultInput {
 /// Record the oracle's result (the experiment becomes `complete`). Returns the delta vs parent
 /// as the registry now shows it.
 pub fn record_result(store: &Store, id: &ExpId, r: ResultInput) -> Result<Option<f64>> {
-    append_checked(store, |state| {
+    let (_, (), state) = append_checked(store, |state| {
         require(state, id)?;
         let ev = cli_event(Payload::ResultRecorded(ResultRecorded {
             experiment_id: id.clone(),
@@ -109,7 +115,6 @@ pub fn record_result(store: &Store, id: &ExpId, r: ResultInput) -> Result<Option
         }));
         Ok((vec![ev], ()))
     })?;
-    let state = project::current(store)?;
     Ok(require(&state, id)?.result.as_ref().and_then(|r| r.delta))
 }
 

@@ -6,13 +6,20 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 
 /// The only file names projections ever write. Trainers' and agents' files (metrics.jsonl,
 /// training_status.json, hypothesis.md, result.md, ...) are never written or deleted.
 pub const OWNED: [&str; 4] = ["registry.json", "CHECKLIST.md", "diagnosis.md", "next.md"];
+
+/// Threads comparing and writing files in a large pass (the work waits on the disk).
+const WRITERS: usize = 8;
+
+/// From this many files to write in one pass, write them all and flush the file system twice
+/// (before and after the renames) instead of fsyncing each file and directory.
+const BULK: usize = 256;
 
 /// A file to bring to `bytes`.
 #[derive(Debug)]
@@ -34,34 +41,91 @@ fn owned(path: &Path) -> bool {
         .is_some_and(|n| OWNED.contains(&n))
 }
 
-/// Write one file if its bytes differ; true if it was written. The directory is not synced here.
-fn write_one(job: &Job) -> io::Result<bool> {
-    if let Ok(old) = std::fs::read(&job.path)
-        && old == job.bytes
-    {
-        return Ok(false);
-    }
-    let dir = job.path.parent().unwrap_or(Path::new("."));
-    let name = job
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+fn tmp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir.join(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Whether the file already holds exactly these bytes.
+fn unchanged(job: &Job) -> bool {
+    std::fs::read(&job.path).is_ok_and(|old| old == job.bytes)
+}
+
+/// Write the temp file (fsynced when `sync`), then, when `rename`, move it into place.
+fn write_tmp(job: &Job, sync: bool, rename: bool) -> io::Result<()> {
+    let tmp = tmp_path(&job.path);
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(&job.bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &job.path)
+        if sync {
+            f.sync_all()?;
+        }
+        if rename {
+            std::fs::rename(&tmp, &job.path)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| true)
+    result
 }
 
-/// Write every job (in parallel when there are many), then fsync each directory that got a new
-/// entry, so every rename is durable before this returns.
+/// Run `f` on every index below `n`, on up to [`WRITERS`] threads; the first error wins.
+fn parallel(n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            if let Err(e) = f(i) {
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+                break;
+            }
+        }
+    };
+    if n < 64 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..WRITERS {
+                s.spawn(work);
+            }
+        });
+    }
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Flush the file system holding `dir` (syncfs): every file and directory entry written so far
+/// on it becomes durable.
+#[cfg(target_os = "linux")]
+fn flush_fs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+    nix::unistd::syncfs(&f).map_err(|e| Error::io("syncfs", dir, io::Error::from(e)))
+}
+
+/// Where there is no syncfs: flush every file system.
+#[cfg(not(target_os = "linux"))]
+fn flush_fs(_dir: &Path) -> Result<()> {
+    nix::unistd::sync();
+    Ok(())
+}
+
+/// Bring every job's file to its bytes, atomically and durably, skipping files that already
+/// hold them. Few files: temp file, fsync, rename each, then fsync each directory that changed.
+/// Many files (a rebuild): every temp file, one syncfs, every rename, one more syncfs: the same
+/// guarantees (a file holds its old or its new bytes, and all are durable on return) with two
+/// flushes instead of two per file.
 pub fn write_all(jobs: &[Job]) -> Result<Written> {
     if let Some(bad) = jobs.iter().find(|j| !owned(&j.path)) {
         return Err(Error::Invalid(format!(
@@ -70,78 +134,54 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
             OWNED.join(", ")
         )));
     }
-    let results: Vec<Mutex<Option<io::Result<bool>>>> =
-        jobs.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let work = || {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= jobs.len() {
-                break;
-            }
-            *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(write_one(&jobs[i]));
-        }
+    let same: Vec<AtomicBool> = jobs.iter().map(|_| AtomicBool::new(false)).collect();
+    parallel(jobs.len(), |i| {
+        same[i].store(unchanged(&jobs[i]), Ordering::Relaxed);
+        Ok(())
+    })?;
+    let todo: Vec<&Job> = jobs
+        .iter()
+        .zip(&same)
+        .filter(|(_, s)| !s.load(Ordering::Relaxed))
+        .map(|(j, _)| j)
+        .collect();
+    let w = Written {
+        written: todo.len(),
+        unchanged: jobs.len() - todo.len(),
     };
-    // fsync-bound: more threads than cores pays off.
-    let threads = if jobs.len() >= 64 { 8 } else { 1 };
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(work);
-            }
-        });
+    if todo.is_empty() {
+        return Ok(w);
     }
-    let mut w = Written::default();
-    let mut dirs = BTreeSet::new();
-    for (job, r) in jobs.iter().zip(results) {
-        let r = r
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
-            .expect("every job ran");
-        match r {
-            Ok(true) => {
-                w.written += 1;
-                dirs.insert(job.path.parent().unwrap_or(Path::new(".")).to_path_buf());
-            }
-            Ok(false) => w.unchanged += 1,
-            Err(e) => return Err(Error::io("write", &job.path, e)),
+    let io_err = |j: &Job, e: io::Error| Error::io("write", &j.path, e);
+    if todo.len() >= BULK {
+        let dir = todo[0].path.parent().unwrap_or(Path::new("."));
+        parallel(todo.len(), |i| {
+            write_tmp(todo[i], false, false).map_err(|e| io_err(todo[i], e))
+        })?;
+        flush_fs(dir)?;
+        for j in &todo {
+            std::fs::rename(tmp_path(&j.path), &j.path).map_err(|e| io_err(j, e))?;
         }
+        flush_fs(dir)?;
+        return Ok(w);
     }
-    sync_dirs(dirs.into_iter().collect())?;
-    Ok(w)
+    parallel(todo.len(), |i| {
+        write_tmp(todo[i], true, true).map_err(|e| io_err(todo[i], e))
+    })?;
+    let dirs: BTreeSet<PathBuf> = todo
+        .iter()
+        .map(|j| j.path.parent().unwrap_or(Path::new(".")).to_path_buf())
+        .collect();
+    sync_dirs(dirs.into_iter().collect()).map(|()| w)
 }
 
 /// fsync directories (in parallel when there are many).
 pub fn sync_dirs(dirs: Vec<PathBuf>) -> Result<()> {
-    let sync = |d: &Path| File::open(d).and_then(|f| f.sync_all());
-    if dirs.len() < 64 {
-        for d in &dirs {
-            sync(d).map_err(|e| Error::io("fsync directory", d, e))?;
-        }
-        return Ok(());
-    }
-    let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(d) = dirs.get(i) else { break };
-                    if let Err(e) = sync(d) {
-                        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Error::io("fsync directory", d, e));
-                    }
-                }
-            });
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    parallel(dirs.len(), |i| {
+        File::open(&dirs[i])
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync directory", &dirs[i], e))
+    })
 }
 
 /// Create `dir` (and its parents) if missing; returns the directories whose entries changed and
@@ -191,5 +231,33 @@ mod tests {
         let w = write_all(&[job()]).unwrap();
         assert_eq!((w.written, w.unchanged), (0, 1));
         assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
+    }
+
+    #[test]
+    fn bulk_writes_land_whole_and_leave_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs: Vec<Job> = (0..BULK + 10)
+            .map(|i| {
+                let d = dir.path().join(format!("exp-{i:03}"));
+                std::fs::create_dir(&d).unwrap();
+                Job {
+                    path: d.join("diagnosis.md"),
+                    bytes: format!("# Diagnosis {i}\n").into_bytes(),
+                }
+            })
+            .collect();
+        std::fs::write(&jobs[3].path, &jobs[3].bytes).unwrap();
+        let w = write_all(&jobs).unwrap();
+        assert_eq!((w.written, w.unchanged), (BULK + 9, 1));
+        for j in &jobs {
+            assert_eq!(std::fs::read(&j.path).unwrap(), j.bytes);
+            let names: Vec<_> = std::fs::read_dir(j.path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("diagnosis.md")]);
+        }
+        let w = write_all(&jobs).unwrap();
+        assert_eq!((w.written, w.unchanged), (0, BULK + 10));
     }
 }

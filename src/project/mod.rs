@@ -33,7 +33,8 @@ pub const LOCK_FILE: &str = "projections.lock";
 /// What a refresh or rebuild did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
-    /// `used`, `missing`, `discarded: <why>`, or `not used` (rebuild).
+    /// `used`, `missing`, `discarded: <why>`, `not used` (rebuild), or `in memory` (a
+    /// [`refresh_from`] going on from the state of the previous one).
     pub checkpoint: String,
     /// Events folded, from seq `from_seq` on.
     pub events: u64,
@@ -65,7 +66,7 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
     } else {
         Loaded::Missing
     };
-    let (mut state, reader, mut covers, how) = match loaded {
+    let (state, reader, covers, how) = match loaded {
         Loaded::Valid {
             state,
             covers,
@@ -97,25 +98,45 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
         }
     };
     tracing::debug!(checkpoint = %how, elapsed = ?started.elapsed(), "projection state loaded");
-    let from_seq = state.seq + 1;
+    let reused = covers.is_some();
+    let mut folded = Folded {
+        report: Report {
+            checkpoint: how,
+            from_seq: state.seq + 1,
+            ..Report::default()
+        },
+        state,
+        covers,
+        changed: !reused,
+    };
+    fold_on(store, &mut folded, reader)?;
+    tracing::debug!(events = folded.report.events, elapsed = ?started.elapsed(), "log folded");
+    if !reused {
+        folded.state.mark_all_dirty();
+    }
+    Ok(folded)
+}
+
+/// Fold everything `reader` delivers into `f`, and say what the checkpoint must then cover.
+fn fold_on(store: &Store, f: &mut Folded, reader: Reader) -> Result<()> {
+    let log = store.log();
+    let state = &mut f.state;
     let mut events = 0u64;
     let reader = fold_records(reader, |seq, payload| {
         match codec::decode_epoch_view(payload) {
-            Ok(Some((time, view))) => state::apply_epoch(&mut state, seq, time, &view),
+            Ok(Some((time, view))) => state::apply_epoch(state, seq, time, &view),
             Ok(None) => {
                 let ev =
                     codec::decode(seq, payload).map_err(|source| Error::Codec { seq, source })?;
-                apply(&mut state, &ev);
+                apply(state, &ev);
             }
             Err(source) => return Err(Error::Codec { seq, source }),
         }
         events += 1;
         Ok(())
     })?;
-    tracing::debug!(events, elapsed = ?started.elapsed(), "log folded");
-    let reused = covers.is_some();
-    if events > 0 || covers.is_none() {
-        covers = match reader.last_delivered() {
+    if events > 0 || f.covers.is_none() {
+        f.covers = match reader.last_delivered() {
             Some(pos) => {
                 let header = log.frame_header_at(&pos)?.ok_or_else(|| {
                     Error::Invalid(format!("record {} vanished while folding", pos.seq))
@@ -131,24 +152,12 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
             None => None,
         };
     }
-    if !reused {
-        state.mark_all_dirty();
-    }
-    let report = Report {
-        checkpoint: how,
-        events,
-        from_seq,
-        seq: state.seq,
-        experiments: state.experiments.len(),
-        ignored_events: state.ignored,
-        ..Report::default()
-    };
-    Ok(Folded {
-        changed: events > 0 || !reused,
-        state,
-        covers,
-        report,
-    })
+    f.changed |= events > 0;
+    f.report.events += events;
+    f.report.seq = f.state.seq;
+    f.report.experiments = f.state.experiments.len();
+    f.report.ignored_events = f.state.ignored;
+    Ok(())
 }
 
 /// Records copied out of the log by the reading thread, handed to the folding thread.
@@ -226,6 +235,25 @@ pub fn current(store: &Store) -> Result<State> {
     Ok(fold(store, true)?.state)
 }
 
+/// The state at the end of the log (as [`current`]), kept with where reading stopped, so that
+/// [`refresh_from`] can go on from there instead of loading the checkpoint again.
+pub struct Current(Folded);
+
+impl Current {
+    pub fn state(&self) -> &State {
+        &self.0.state
+    }
+
+    pub fn into_state(self) -> State {
+        self.0.state
+    }
+}
+
+/// [`current`], ready for [`refresh_from`].
+pub fn load(store: &Store) -> Result<Current> {
+    fold(store, true).map(Current)
+}
+
 /// Bring every projection up to date with the log. Every command that appends calls this after
 /// its append is acknowledged.
 pub fn refresh(store: &Store) -> Result<()> {
@@ -236,6 +264,32 @@ pub fn refresh(store: &Store) -> Result<()> {
 pub fn refresh_report(store: &Store) -> Result<Report> {
     let _lock = lock(store)?;
     let folded = fold(store, true)?;
+    write(store, folded).map(|(report, _)| report)
+}
+
+/// [`refresh`] from a state loaded earlier (before an append): fold what came since, write, save.
+/// Returns the state the files now show, ready for the next `refresh_from`: a long-running
+/// appender (an ingest follower) keeps it and never loads the checkpoint again.
+pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, Current)> {
+    let _lock = lock(store)?;
+    let mut folded = cur.0;
+    let log = store.log();
+    let reader = match folded.covers {
+        Some(c) => {
+            let pos = c.pos.expect("covers from a fold have a position");
+            match log.frame_header_at(&pos)? {
+                Some(h) if h.header_crc == c.header_crc => Some(log.reader_after(&pos, &h)?),
+                // The log was cut under us: start over from the checkpoint.
+                _ => None,
+            }
+        }
+        None if folded.state.seq == 0 => Some(log.reader(1)),
+        None => None,
+    };
+    match reader {
+        Some(r) => fold_on(store, &mut folded, r)?,
+        None => folded = fold(store, true)?,
+    }
     write(store, folded)
 }
 
@@ -246,7 +300,7 @@ pub fn rebuild(store: &Store) -> Result<Report> {
     let mut folded = fold(store, false)?;
     folded.state.mark_all_dirty();
     folded.changed = true;
-    write(store, folded)
+    write(store, folded).map(|(report, _)| report)
 }
 
 /// Hold the projection lock (blocking) so that concurrent refreshes do not interleave: each one
@@ -268,8 +322,8 @@ fn lock(store: &Store) -> Result<File> {
 /// Experiments rendered per write pass: bounds the memory a rebuild holds in rendered bytes.
 const CHUNK: usize = 2048;
 
-/// Write what changed, then save the checkpoint.
-fn write(store: &Store, folded: Folded) -> Result<Report> {
+/// Write what changed, then save the checkpoint. Returns the state, now clean.
+fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
     let started = std::time::Instant::now();
     let Folded {
         mut state,
@@ -333,5 +387,21 @@ fn write(store: &Store, folded: Folded) -> Result<Report> {
         checkpoint::save(&store.state_dir(), &state, &c)?;
         tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
     }
-    Ok(report)
+    let next = Report {
+        checkpoint: "in memory".into(),
+        from_seq: state.seq + 1,
+        seq: state.seq,
+        experiments: state.experiments.len(),
+        ignored_events: state.ignored,
+        ..Report::default()
+    };
+    Ok((
+        report,
+        Current(Folded {
+            state,
+            covers,
+            changed: false,
+            report: next,
+        }),
+    ))
 }

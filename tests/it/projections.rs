@@ -371,6 +371,9 @@ fn golden_registry() {
         "{reg}"
     );
     assert!(reg.contains(GOLDEN_REGISTRY_TAIL), "{reg}");
+    // The whole file, as pydantic's `model_dump_json(indent=2)` writes the same registry (checked
+    // against pydantic when this golden was made).
+    assert_eq!(reg, include_str!("golden/registry.json"));
     assert!(reg.contains("\"value\": 0.30000000000000004,"), "{reg}");
     assert!(
         reg.contains("\"value\": 1e+16,\n          \"delta_vs_parent\": -2.5\n"),
@@ -733,8 +736,8 @@ proptest! {
     })]
 
     /// Files maintained incrementally (a refresh after some of the appends, folding from the
-    /// checkpoint) equal a fresh rebuild from the log alone, byte for byte, and so does the
-    /// state the checkpoint holds.
+    /// checkpoint or from a state loaded before the append) equal a fresh rebuild from the log
+    /// alone, byte for byte, and so does the state the checkpoint holds.
     #[test]
     fn incremental_projections_equal_a_rebuild(
         ops in proptest::collection::vec((op(), any::<bool>()), 1..14)
@@ -746,9 +749,14 @@ proptest! {
                 .into_iter()
                 .map(|p| (i as i64, p))
                 .collect();
+            // Half the time, as the `exp` commands do: load the state, append, then refresh
+            // going on from the state loaded before the append.
+            let before = (i % 2 == 1).then(|| project::load(&f.store).unwrap());
             f.append_all(&batch);
-            if *refresh {
-                project::refresh(&f.store).unwrap();
+            match (refresh, before) {
+                (true, Some(cur)) => drop(project::refresh_from(&f.store, cur).unwrap()),
+                (true, None) => project::refresh(&f.store).unwrap(),
+                (false, _) => {}
             }
         }
         project::refresh(&f.store).unwrap();
@@ -916,4 +924,108 @@ fn refresh_folds_only_what_is_new() {
     assert!(r.files_written >= 2, "{r:?}");
     let r = project::refresh_report(&f.store).unwrap();
     assert_eq!((r.events, r.files_written), (0, 0));
+}
+
+/// `Log::reader_after` (what a refresh resumes from) delivers exactly the records a reader from
+/// the start delivers after that record, including when the record ends a segment.
+#[test]
+fn reader_after_resumes_exactly_where_a_full_read_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".zo");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut opts = StoreOptions::default();
+    opts.log.segment_size = 1024;
+    let store = Store::open_with(std::sync::Arc::new(zolog::log::fs::RealFs), &root, opts).unwrap();
+    let log = store.log();
+    let mut w = log.writer().unwrap();
+    for i in 0..60u32 {
+        let batch: Vec<Vec<u8>> = (0..(i % 3 + 1))
+            .map(|k| vec![k as u8; 40 + i as usize])
+            .collect();
+        w.append(&batch).unwrap();
+    }
+    drop(w);
+    assert!(log.segments().unwrap().len() > 5, "several segments");
+    let mut all = Vec::new();
+    let mut positions = Vec::new();
+    let mut r = log.reader(1);
+    r.poll(|rec| -> Result<(), ()> {
+        all.push((rec.seq, rec.payload.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    // Every record's position, as a reader reports it after delivering it.
+    for seq in 1..=all.len() as u64 {
+        let mut r = log.reader(1);
+        let mut n = 0;
+        let _ = r.poll(|rec| -> Result<(), ()> {
+            n += 1;
+            if rec.seq > seq { Err(()) } else { Ok(()) }
+        });
+        let pos = r.last_delivered().unwrap();
+        assert_eq!(pos.seq, seq);
+        positions.push(pos);
+    }
+    for pos in positions {
+        let h = log
+            .frame_header_at(&pos)
+            .unwrap()
+            .expect("the record is there");
+        let mut r = log.reader_after(&pos, &h).unwrap();
+        let mut got = Vec::new();
+        r.poll(|rec| -> Result<(), ()> {
+            got.push((rec.seq, rec.payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, all[pos.seq as usize..], "after seq {}", pos.seq);
+        let last = r.last_delivered().unwrap();
+        assert_eq!(last.seq, all.len() as u64);
+        // A position that does not hold that record is refused.
+        let wrong = zolog::log::RecordPos {
+            seq: pos.seq + 1,
+            ..pos
+        };
+        assert!(log.frame_header_at(&wrong).unwrap().is_none());
+    }
+}
+
+/// A long-running appender keeps the state `refresh_from` returns and never reloads the
+/// checkpoint; its files still equal a rebuild's.
+#[test]
+fn chained_refresh_from_equals_a_rebuild() {
+    let f = golden_fixture();
+    let (r, mut cur) = project::refresh_from(&f.store, project::load(&f.store).unwrap()).unwrap();
+    assert_eq!(r.checkpoint, "missing");
+    for k in 0..5u64 {
+        f.append(
+            100 + k as i64,
+            Payload::EpochEnded(EpochEnded {
+                experiment_id: id("exp-003"),
+                epoch: k,
+                step: None,
+                metrics: Metrics(vec![("val_loss".into(), 1.0 / (k as f64 + 1.0))]),
+                learning_rate: None,
+                wall_time_seconds: None,
+                gpu_memory_mb: None,
+            }),
+        );
+        let (r, next) = project::refresh_from(&f.store, cur).unwrap();
+        assert_eq!((r.checkpoint.as_str(), r.events), ("in memory", 1));
+        assert_eq!(r.files_written, 1, "exp-003/diagnosis.md only: {r:?}");
+        cur = next;
+    }
+    assert!(
+        cur.state()
+            .get(&id("exp-003"))
+            .unwrap()
+            .details()
+            .run
+            .epochs
+            == 5
+    );
+    let chained = snapshot(&f.exp_dir());
+    std::fs::remove_dir_all(f.exp_dir()).unwrap();
+    project::rebuild(&f.store).unwrap();
+    assert_same_files(&chained, &snapshot(&f.exp_dir()));
 }
