@@ -43,6 +43,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::client::ServeError),
 }
 
 impl Error {

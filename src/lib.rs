@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod log;
 pub mod project;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::event::{self, Event, NewEvent, Payload, ProjectInitialized, codec};
 use crate::log::fs::{Fs, RealFs};
-use crate::log::{Appended, Log, LogOptions, ReadEnd, ReadError, Writer};
+use crate::log::{Appended, Log, LogError, LogOptions, ReadEnd, ReadError, Writer};
+use crate::serve::client::{self, Client, ServeError};
 
 /// Name of the store directory inside a project.
 pub const STORE_DIR: &str = ".zo";
@@ -162,11 +163,23 @@ impl Store {
         Ok(self.log.writer()?)
     }
 
-    /// Append events as one durable, atomic batch.
+    /// Append events as one durable, atomic batch: under the writer lock, or, while a
+    /// `zolog serve` holds the lock, through its socket.
     pub fn append(&self, events: &[NewEvent]) -> Result<Appended> {
-        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
-        let mut w = self.log.writer()?;
-        Ok(w.append(&payloads)?)
+        self.appender().append(events)
+    }
+
+    /// An appender for several batches, which keeps its connection to a server between them.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            store: self,
+            server: None,
+        }
+    }
+
+    /// The socket a `zolog serve` on this store listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        crate::serve::socket_path(&self.root)
     }
 
     /// Call `f` with every event from `from_seq` on, in order. Returns how the log ended.
@@ -184,6 +197,115 @@ impl Store {
         })?;
         Ok(out)
     }
+}
+
+/// Appends batches to a store. Every writing command goes through here, so that while a
+/// `zolog serve` holds the writer lock, writes go through its socket instead of failing on the
+/// lock: a server that answers on `.zo/serve.sock` is used; otherwise the lock is taken as usual,
+/// and if it turns out to be busy, the socket is tried once more.
+#[derive(Debug)]
+pub struct Appender<'a> {
+    store: &'a Store,
+    server: Option<Client>,
+}
+
+impl Appender<'_> {
+    /// Append `events` as one durable, atomic batch.
+    pub fn append(&mut self, events: &[NewEvent]) -> Result<Appended> {
+        self.go(events, true)
+    }
+
+    /// Append `events` durably; through a server they may be split into several atomic batches
+    /// (each within its line limit). The range returned spans them all.
+    pub fn append_chunk(&mut self, events: &[NewEvent]) -> Result<Appended> {
+        self.go(events, false)
+    }
+
+    /// Whether the last append went through a server.
+    pub fn via_server(&self) -> bool {
+        self.server.is_some()
+    }
+
+    fn connect(&mut self) -> Result<bool> {
+        if self.server.is_none() {
+            self.server = client::connect_store(&self.store.root, client::DEFAULT_TIMEOUT)?;
+        }
+        Ok(self.server.is_some())
+    }
+
+    fn through_server(&mut self, events: &[NewEvent], atomic: bool) -> Result<Outcome> {
+        let c = self.server.as_mut().expect("connected");
+        let r = if atomic {
+            c.append(events)
+        } else {
+            c.append_split(events)
+        };
+        match r {
+            Ok(a) => Ok(Outcome::Done(a)),
+            // A server that stopped before reading the rest did not append it: the lock is
+            // (about to be) free, so the rest goes in directly.
+            Err(ServeError::ShutDown {
+                appended,
+                first_seq,
+                ..
+            }) if !atomic || appended == 0 => {
+                tracing::info!("zolog serve stopped; appending the rest directly");
+                self.server = None;
+                Ok(Outcome::Partly(appended, first_seq))
+            }
+            Err(e) => {
+                self.server = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn go(&mut self, events: &[NewEvent], atomic: bool) -> Result<Appended> {
+        if events.is_empty() {
+            return Err(LogError::EmptyBatch.into());
+        }
+        let mut done = 0;
+        let mut first = None;
+        if self.connect()? {
+            match self.through_server(events, atomic)? {
+                Outcome::Done(a) => return Ok(a),
+                Outcome::Partly(n, f) => {
+                    done = n;
+                    first = f;
+                }
+            }
+        }
+        let rest = &events[done..];
+        let payloads: Vec<Vec<u8>> = rest.iter().map(codec::encode).collect();
+        let r = match self.store.log.writer() {
+            Ok(mut w) => w.append(&payloads)?,
+            Err(LogError::Locked { holder, waited }) => {
+                if self.connect()? {
+                    match self.through_server(rest, atomic)? {
+                        Outcome::Done(a) => a,
+                        Outcome::Partly(..) => {
+                            return Err(Error::Invalid(
+                                "zolog serve stopped twice during one append; the log holds part of it (check with `zolog log`)".into(),
+                            ));
+                        }
+                    }
+                } else {
+                    return Err(LogError::Locked { holder, waited }.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Appended {
+            first_seq: first.unwrap_or(r.first_seq),
+            last_seq: r.last_seq,
+        })
+    }
+}
+
+enum Outcome {
+    Done(Appended),
+    /// The server stopped after appending this many events (a prefix), the first at this seq.
+    Partly(usize, Option<u64>),
 }
 
 /// Drive a log reader, decoding each record into an event.

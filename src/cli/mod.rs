@@ -2,6 +2,7 @@
 //! the argument structs; each command group has its own file.
 
 mod logcmd;
+mod serve;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     Verify(logcmd::VerifyArgs),
     /// Cut a torn tail (or, with --cut-at, damage in the middle of the log), keeping what is cut.
     Recover(logcmd::RecoverArgs),
+    /// Hold the store and take appends from many clients over `.zo/serve.sock` (and, with --tcp,
+    /// a loopback port), with group commit. See docs/serve.md.
+    Serve(serve::ServeArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -111,6 +115,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Log(a) => logcmd::log(ctx, a),
         Command::Verify(a) => logcmd::verify(ctx, a),
         Command::Recover(a) => logcmd::recover(ctx, a),
+        Command::Serve(a) => serve::serve(ctx, a),
     }
 }
 

@@ -1,1 +1,3 @@
 //! One integration-test binary (see ARCHITECTURE.md).
+
+mod serve;
