@@ -317,7 +317,14 @@ fn format(done: Done, out: &mut Vec<u8>, fl: &mut FlushState) {
                 seq += count;
             }
             (Unit::Event { line, .. } | Unit::Batch { line, .. }, Some(why)) => {
-                protocol::write_error(out, &format!("not appended: {why}"), Some(line), false);
+                protocol::write_error(
+                    out,
+                    &format!(
+                        "not acknowledged: the append failed ({why}); the server is stopping; whether this line's events survive is decided by recovery when the store is next opened"
+                    ),
+                    Some(line),
+                    false,
+                );
             }
             (Unit::Flush { line }, _) => {
                 let range = fl.first.map(|f| (f, fl.last));
@@ -559,7 +566,7 @@ mod tests {
         assert!(
             String::from_utf8(out)
                 .unwrap()
-                .contains("not appended: fdatasync failed")
+                .contains("not acknowledged: the append failed (fdatasync failed)")
         );
     }
 }

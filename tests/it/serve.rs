@@ -699,16 +699,25 @@ impl Drop for ServerProc {
     }
 }
 
-/// One load client: sends event lines with unique epochs, records (seq, epoch) of each ack.
-fn load_client(socket: PathBuf, base: u64, stop: Arc<AtomicBool>) -> Vec<(u64, u64)> {
+/// What a load client saw: (seq, epoch) of each acknowledged event, and the epochs refused.
+#[derive(Default)]
+struct Seen {
+    acks: Vec<(u64, u64)>,
+    refused: Vec<u64>,
+}
+
+/// One load client: sends event lines with unique epochs (`base` + line number - 1) until `stop`
+/// or the connection fails, and reads every response.
+fn load_client(socket: PathBuf, base: u64, stop: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
     let Ok(s) = UnixStream::connect(&socket) else {
-        return Vec::new();
+        return seen;
     };
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut g = String::new();
     if r.read_line(&mut g).unwrap_or(0) == 0 {
-        return Vec::new();
+        return seen;
     }
     let writer = {
         let mut w = s.try_clone().unwrap();
@@ -730,7 +739,6 @@ fn load_client(socket: PathBuf, base: u64, stop: Arc<AtomicBool>) -> Vec<(u64, u
             let _ = w.shutdown(std::net::Shutdown::Write);
         })
     };
-    let mut acks = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -740,14 +748,16 @@ fn load_client(socket: PathBuf, base: u64, stop: Arc<AtomicBool>) -> Vec<(u64, u
         }
         let v: Value = serde_json::from_str(&line).unwrap();
         if let Some(seq) = v["seq"].as_u64() {
-            // Line n carries epoch base + n - 1.
-            acks.push((seq, base + v["line"].as_u64().unwrap() - 1));
+            seen.acks
+                .push((seq, base + v["line"].as_u64().unwrap() - 1));
+        } else if v["error"].is_string() {
+            seen.refused.push(base + v["line"].as_u64().unwrap() - 1);
         } else {
             assert!(v["bye"].is_string(), "unexpected {v}");
         }
     }
     let _ = writer.join();
-    acks
+    seen
 }
 
 #[test]
@@ -773,9 +783,10 @@ fn kill_9_during_load_loses_no_acknowledged_event() {
         stop.store(true, Ordering::Relaxed);
         let mut n = 0;
         for c in clients {
-            let a = c.join().unwrap();
-            n += a.len();
-            acked.extend(a);
+            let seen = c.join().unwrap();
+            assert!(seen.refused.is_empty());
+            n += seen.acks.len();
+            acked.extend(seen.acks);
         }
         assert!(
             n > 0,
@@ -829,10 +840,12 @@ fn sigterm_acknowledges_everything_received_and_exits_zero() {
         .unwrap();
     assert!(out.contains("stopped:"), "{out}");
     stop.store(true, Ordering::Relaxed);
-    let mut acked: Vec<(u64, u64)> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    for c in clients {
+        let seen = c.join().unwrap();
+        assert!(seen.refused.is_empty());
+        acked.extend(seen.acks);
+    }
     assert!(!acked.is_empty());
     acked.sort_unstable();
     // Graceful: every event the server appended was acknowledged to its client, and vice versa.
@@ -840,4 +853,75 @@ fn sigterm_acknowledges_everything_received_and_exits_zero() {
     assert_eq!(log, acked);
     assert!(!server.socket.exists());
     verify_clean(&root);
+}
+
+#[test]
+fn acknowledged_events_survive_power_loss_and_a_failed_sync_acknowledges_nothing() {
+    use zolog::log::fs::{CrashMode, FaultFs, Faults};
+    let fs = FaultFs::new();
+    let root = PathBuf::from("/mem/.zo");
+    let store = Store::init_with(Arc::new(fs.clone()), &root, "t", opts()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("serve.sock");
+    let server = serve::start(
+        store,
+        ServeOptions {
+            socket: Some(socket.clone()),
+            ..serve_opts()
+        },
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            std::thread::spawn(move || load_client(socket, c * 1_000_000, stop))
+        })
+        .collect();
+    // Once syncs are flowing, the next one fails.
+    let t0 = Instant::now();
+    while fs.sync_count() < 20 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.set_faults(Faults {
+        fail_next_sync: true,
+        ..Faults::default()
+    });
+    // The server stops by itself, with the error.
+    let err = server.stop().unwrap_err();
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    for c in clients {
+        let seen = c.join().unwrap();
+        acked.extend(seen.acks);
+        refused.extend(seen.refused);
+    }
+    assert!(!acked.is_empty() && !refused.is_empty());
+    // Power loss: only what was synced survives.
+    fs.crash(CrashMode::DropUnsynced);
+    let store = Store::open_with(Arc::new(fs.clone()), &root, opts()).unwrap();
+    store.log().recover().unwrap();
+    let log: BTreeMap<u64, u64> = store
+        .events(1)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::EpochEnded(p) => Some((e.seq, p.epoch)),
+            _ => None,
+        })
+        .collect();
+    for (seq, epoch) in &acked {
+        assert_eq!(log.get(seq), Some(epoch), "acknowledged seq {seq} lost");
+    }
+    // Here the failed group's bytes were dropped: nothing refused is in the log.
+    let in_log: std::collections::HashSet<u64> = log.values().copied().collect();
+    for epoch in &refused {
+        assert!(!in_log.contains(epoch), "refused epoch {epoch} in the log");
+    }
+    assert_eq!(
+        log.len(),
+        acked.len(),
+        "the log holds exactly the acknowledged events"
+    );
 }
