@@ -204,11 +204,14 @@ pub(crate) async fn run<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (ack_tx, ack_rx) = mpsc::channel::<Done>(sh.opts.conn_inflight.max(1));
-    let responder = tokio::spawn(respond(wr, ack_rx, sh.clone()));
-    read(rd, buf, lines_before, source, ack_tx, &sh).await;
+    let (lines_tx, lines_rx) = tokio::sync::oneshot::channel();
+    let responder = tokio::spawn(respond(wr, ack_rx, lines_rx, sh.clone()));
+    let lines = read(rd, buf, lines_before, source, ack_tx, &sh).await;
+    let _ = lines_tx.send(lines);
     let _ = responder.await;
 }
 
+/// Returns the number of the last complete line read.
 async fn read<R: AsyncRead + Unpin>(
     mut rd: R,
     mut buf: Vec<u8>,
@@ -216,7 +219,7 @@ async fn read<R: AsyncRead + Unpin>(
     source: Source,
     ack_tx: mpsc::Sender<Done>,
     sh: &Shared,
-) {
+) -> u64 {
     let max_line = sh.opts.max_line;
     let mut framer = Framer::new(max_line, lines_before);
     let mut st = ConnState {
@@ -237,11 +240,11 @@ async fn read<R: AsyncRead + Unpin>(
         if !b.is_empty() {
             sh.stats.rejected.fetch_add(b.rejected, Ordering::Relaxed);
             if !submit(b, &ack_tx, sh).await {
-                return;
+                return framer.lineno;
             }
         }
         if end.is_some() {
-            return;
+            return framer.lineno;
         }
         if *stop.borrow() {
             end = Some("the server is shutting down: unfinished line not appended");
@@ -256,7 +259,7 @@ async fn read<R: AsyncRead + Unpin>(
             _ = stop.changed() => {
                 end = Some("the server is shutting down: unfinished line not appended");
             }
-            _ = ack_tx.closed() => return,
+            _ = ack_tx.closed() => return framer.lineno,
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => end = Some("last line has no newline (the client closed the connection mid-line); not appended"),
                 Ok(_) => {}
@@ -351,7 +354,12 @@ async fn write_timeout<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn respond<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Done>, sh: Arc<Shared>) {
+async fn respond<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Done>,
+    lines_read: tokio::sync::oneshot::Receiver<u64>,
+    sh: Arc<Shared>,
+) {
     let limit = sh.opts.ack_timeout;
     let dropped = |timed_out: bool| {
         if timed_out {
@@ -382,7 +390,9 @@ async fn respond<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Done>,
         }
     }
     if *sh.stop.borrow() {
-        protocol::write_bye(&mut out, "server shutting down");
+        // Every line after this one was never read, so none of it is in the log.
+        let last = lines_read.await.unwrap_or(0);
+        protocol::write_bye(&mut out, "server shutting down", last);
         let _ = write_timeout(&mut wr, &out, limit.min(Duration::from_secs(1))).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;

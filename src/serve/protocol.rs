@@ -20,7 +20,8 @@
 //! {"flushed":3,"first_seq":18,"last_seq":21,"line":5}           #flush on line 5
 //! {"error":"...","line":6}                                      line 6 was refused; nothing of it appended
 //! {"error":"...","fatal":true}                                  the server closes this connection
-//! {"bye":"server shutting down"}                                the last line before a graceful close
+//! {"bye":"server shutting down","line":9}                       the last line before a graceful close:
+//!                                                               lines after line 9 were not read
 //! ```
 
 use std::io::Write;
@@ -298,10 +299,10 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, line: Option<u64>, fatal: b
     out.extend_from_slice(b"}\n");
 }
 
-/// `{"bye":"..."}`
-pub fn write_bye(out: &mut Vec<u8>, reason: &str) {
+/// `{"bye":"...","line":L}`: L is the last line the server read; nothing after it was read.
+pub fn write_bye(out: &mut Vec<u8>, reason: &str, last_line_read: u64) {
     let r = serde_json::to_string(reason).expect("strings serialize");
-    let _ = writeln!(out, "{{\"bye\":{r}}}");
+    let _ = writeln!(out, "{{\"bye\":{r},\"line\":{last_line_read}}}");
 }
 
 #[cfg(test)]
@@ -471,7 +472,7 @@ mod tests {
         write_flush_ack(&mut out, 0, None, 6);
         write_error(&mut out, "bad \"quote\"\n", Some(7), false);
         write_error(&mut out, "too many", None, true);
-        write_bye(&mut out, "server shutting down");
+        write_bye(&mut out, "server shutting down", 9);
         let text = String::from_utf8(out).unwrap();
         let r: Vec<Response> = text.lines().map(|l| Response::parse(l).unwrap()).collect();
         assert_eq!((r[0].seq, r[0].line), (Some(17), Some(3)));
@@ -484,5 +485,6 @@ mod tests {
         assert_eq!(r[4].error.as_deref(), Some("bad \"quote\"\n"));
         assert!(r[5].fatal && r[5].line.is_none());
         assert_eq!(r[6].bye.as_deref(), Some("server shutting down"));
+        assert_eq!(r[6].line, Some(9));
     }
 }

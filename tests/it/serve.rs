@@ -704,6 +704,8 @@ impl Drop for ServerProc {
 struct Seen {
     acks: Vec<(u64, u64)>,
     refused: Vec<u64>,
+    /// The last line the server read, as its `bye` said.
+    bye_line: Option<u64>,
 }
 
 /// One load client: sends event lines with unique epochs (`base` + line number - 1) until `stop`
@@ -754,6 +756,7 @@ fn load_client(socket: PathBuf, base: u64, stop: Arc<AtomicBool>) -> Seen {
             seen.refused.push(base + v["line"].as_u64().unwrap() - 1);
         } else {
             assert!(v["bye"].is_string(), "unexpected {v}");
+            seen.bye_line = v["line"].as_u64();
         }
     }
     let _ = writer.join();
@@ -844,6 +847,8 @@ fn sigterm_acknowledges_everything_received_and_exits_zero() {
     for c in clients {
         let seen = c.join().unwrap();
         assert!(seen.refused.is_empty());
+        // Every line the server read (all event lines) was acknowledged before its bye.
+        assert_eq!(seen.bye_line, Some(seen.acks.len() as u64));
         acked.extend(seen.acks);
     }
     assert!(!acked.is_empty());
