@@ -65,9 +65,52 @@ def find_store(store: Optional[PathLike] = None) -> Optional[Path]:
     return None
 
 
+_second_cache: List[Any] = [None, ""]
+
+
 def _rfc3339(t_ns: int) -> str:
     s, ns = divmod(t_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + ".%09dZ" % ns
+    if _second_cache[0] != s:
+        _second_cache[0] = s
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+    return "%s.%09dZ" % (_second_cache[1], ns)
+
+
+_INF = float("inf")
+
+
+def _num(x: Any) -> str:
+    """A float as JSON the way Python's json writes it (bare NaN/Infinity), or null."""
+    if x is None:
+        return "null"
+    f = float(x)
+    if f != f:
+        return "NaN"
+    if f == _INF:
+        return "Infinity"
+    if f == -_INF:
+        return "-Infinity"
+    return repr(f)
+
+
+_KEYS: Dict[Any, str] = {}
+
+
+def _metrics_json(metrics: Dict[Any, Any]) -> str:
+    """A metric map as JSON (bare NaN/Infinity), names escaped once and cached."""
+    parts = []
+    for k, v in metrics.items():
+        kj = _KEYS.get(k)
+        if kj is None:
+            kj = json.dumps(str(k)) + ":"
+            if len(_KEYS) < 10_000:
+                _KEYS[k] = kj
+        parts.append(kj + _num(v))
+    return "{" + ",".join(parts) + "}"
+
+
+def _int(x: Any) -> str:
+    return str(x) if type(x) is int else json.dumps(x)
 
 
 def _iso_micro(t_ns: int) -> str:
@@ -360,6 +403,9 @@ class ZologClient:
         self._errors: "collections.deque[str]" = collections.deque(maxlen=20)
         self._warned = set()
         self._source = {"kind": "trainer", "pid": os.getpid(), "host": socket.gethostname()}
+        # The constant parts of every envelope, serialized once.
+        self._eid = json.dumps(experiment_id)
+        self._head = '{"time":"%%s","source":%s,"payload":{"type":' % json.dumps(self._source).replace("%", "%%")
         self._transport: Union[_Server, _Child, None] = None
         # Reference-file state (background thread only).
         self._metrics_fh = None
@@ -549,7 +595,9 @@ class ZologClient:
         lines: List[str] = []
         status_dirty = False
         stop = False
-        for it in items:
+        for n, it in enumerate(items):
+            if n % 64 == 63:
+                time.sleep(0)  # let the training thread have the GIL between chunks
             kind = it[0]
             if kind in (_FLUSH, _STOP):
                 self._deliver(lines)
@@ -579,84 +627,70 @@ class ZologClient:
         return stop
 
     def _encode(self, it: tuple) -> Tuple[str, Optional[Dict[str, Any]]]:
-        """One item as a zolog envelope line, and its metrics.jsonl entry (or None)."""
+        """One item as a zolog envelope line, and its metrics.jsonl entry (None without
+        log_dir, or for per-step samples)."""
         kind, t_ns, wall = it[0], it[1], it[2]
-        eid = self.experiment_id
+        head = self._head % _rfc3339(t_ns)
+        refs = self._log_dir is not None
         ref: Optional[Dict[str, Any]] = None
         if kind == _EPOCH:
             _, _, _, epoch, total, metrics, lr, gpu = it
-            metrics = _floats(metrics)
-            lr = None if lr is None else float(lr)
-            gpu = None if gpu is None else float(gpu)
-            payload = {
-                "type": "EpochEnded",
-                "experiment_id": eid,
-                "epoch": epoch,
-                "metrics": metrics,
-                "learning_rate": lr,
-                "wall_time_seconds": round(wall, 1),
-                "gpu_memory_mb": gpu,
-            }
-            ref = self._ref(t_ns, "epoch_end", epoch=epoch, total_epochs=total, metrics=metrics,
-                            learning_rate=lr, wall_time_seconds=round(wall, 1), gpu_memory_mb=gpu)
-            self._status_epoch(epoch, total, metrics, lr, wall, gpu)
-        elif kind == _STEP:
+            wall = round(wall, 1)
+            line = '%s"EpochEnded","experiment_id":%s,"epoch":%s,"metrics":%s,"learning_rate":%s,"wall_time_seconds":%s,"gpu_memory_mb":%s}}' % (
+                head, self._eid, _int(epoch), _metrics_json(metrics), _num(lr), _num(wall), _num(gpu))
+            if refs:
+                metrics = _floats(metrics)
+                lr = None if lr is None else float(lr)
+                gpu = None if gpu is None else float(gpu)
+                ref = self._ref(t_ns, "epoch_end", epoch=epoch, total_epochs=total, metrics=metrics,
+                                learning_rate=lr, wall_time_seconds=wall, gpu_memory_mb=gpu)
+                self._status_epoch(epoch, total, metrics, lr, it[2], gpu)
+            return line, ref
+        if kind == _STEP:
             _, _, _, epoch, step, metrics = it
-            payload = {
-                "type": "EpochEnded",
-                "experiment_id": eid,
-                "epoch": epoch,
-                "step": step,
-                "metrics": _floats(metrics),
-            }
-        elif kind == _START:
+            line = '%s"EpochEnded","experiment_id":%s,"epoch":%s,"step":%s,"metrics":%s}}' % (
+                head, self._eid, _int(epoch), _int(step), _metrics_json(metrics))
+            return line, None
+        if kind == _START:
             _, _, _, total, config = it
-            payload = {
-                "type": "TrainingStarted",
-                "experiment_id": eid,
+            payload: Dict[str, Any] = {
                 "experiment_name": self.experiment_name,
                 "pid": os.getpid(),
                 "host": self._source["host"],
                 "total_epochs": total,
                 "config": config,
             }
-            ref = self._ref(t_ns, "training_start", total_epochs=total, config=config)
-            self._config = config
-            self._status = dict(epoch=0, total_epochs=total, metrics={}, learning_rate=None,
-                                wall_time_seconds=0.0, gpu_memory_mb=None, is_training=True)
-        elif kind == _CKPT:
+            line = '%s"TrainingStarted","experiment_id":%s,%s}}' % (head, self._eid, json.dumps(payload)[1:-1])
+            if refs:
+                ref = self._ref(t_ns, "training_start", total_epochs=total, config=config)
+                self._config = config
+                self._status = dict(epoch=0, total_epochs=total, metrics={}, learning_rate=None,
+                                    wall_time_seconds=0.0, gpu_memory_mb=None, is_training=True)
+            return line, ref
+        if kind == _CKPT:
             _, _, _, path, epoch, metrics, reason = it
             metrics = _floats(metrics)
-            payload = {
-                "type": "CheckpointSaved",
-                "experiment_id": eid,
-                "epoch": epoch,
-                "path": path,
-                "reason": reason,
-                "metrics": metrics,
-            }
+            payload = {"epoch": epoch, "path": path, "reason": reason, "metrics": metrics}
             try:
                 payload["size_bytes"] = os.path.getsize(path)
             except OSError:
                 pass
-            ref = self._ref(t_ns, "checkpoint_saved", epoch=epoch, metrics=metrics, checkpoint_path=path)
-            self._checkpoints.append({"epoch": epoch, "path": path, "metrics": metrics, "timestamp": ref["timestamp"]})
-            self._checkpoints = self._checkpoints[-10:]
-        else:  # _END
-            _, _, _, final, last_epoch = it
-            final = _floats(final)
-            payload = {
-                "type": "TrainingEnded",
-                "experiment_id": eid,
-                "epoch": last_epoch,
-                "metrics": final,
-                "wall_time_seconds": round(wall, 1),
-            }
+            line = '%s"CheckpointSaved","experiment_id":%s,%s}}' % (head, self._eid, json.dumps(payload)[1:-1])
+            if refs:
+                ref = self._ref(t_ns, "checkpoint_saved", epoch=epoch, metrics=metrics, checkpoint_path=path)
+                self._checkpoints.append({"epoch": epoch, "path": path, "metrics": metrics, "timestamp": ref["timestamp"]})
+                self._checkpoints = self._checkpoints[-10:]
+            return line, ref
+        # _END
+        _, _, _, final, last_epoch = it
+        final = _floats(final)
+        line = '%s"TrainingEnded","experiment_id":%s,"epoch":%s,"metrics":%s,"wall_time_seconds":%s}}' % (
+            head, self._eid, _int(last_epoch), json.dumps(final), _num(round(wall, 1)))
+        if refs:
             ref = self._ref(t_ns, "training_end", metrics=final, wall_time_seconds=round(wall, 1))
             self._status = dict(epoch=self._history[-1]["epoch"] if self._history else 0, total_epochs=0,
                                 metrics=final, learning_rate=None, wall_time_seconds=wall,
                                 gpu_memory_mb=None, is_training=False)
-        line = json.dumps({"time": _rfc3339(t_ns), "source": self._source, "payload": payload})
         return line, ref
 
     # --- Delivery --------------------------------------------------------------------------
