@@ -130,9 +130,18 @@ pub(crate) struct ConnState {
     pub mode: AckMode,
     pub source: Source,
     pub max_line: usize,
+    /// The log's largest record: an event that encodes larger is refused alone.
+    pub max_record: usize,
 }
 
 impl ConnState {
+    fn too_large(&self) -> String {
+        format!(
+            "an event encodes to more than the log's maximum record size of {} bytes; nothing of this line appended",
+            self.max_record
+        )
+    }
+
     fn handle(
         &mut self,
         line: u64,
@@ -159,7 +168,12 @@ impl ConnState {
         match protocol::parse_line(text) {
             Ok(Request::Blank) => {}
             Ok(Request::Event(ev)) => {
+                let start = b.data.len();
                 codec::encode_into(&protocol::to_new_event(ev, &self.source, now), &mut b.data);
+                if b.data.len() - start > self.max_record {
+                    b.data.truncate(start);
+                    return b.error(line, self.too_large());
+                }
                 b.ends.push(b.data.len());
                 b.units.push(Unit::Event {
                     line,
@@ -167,9 +181,16 @@ impl ConnState {
                 });
             }
             Ok(Request::Batch(evs)) => {
+                let (start, ends) = (b.data.len(), b.ends.len());
                 let count = evs.len() as u64;
                 for ev in evs {
+                    let at = b.data.len();
                     codec::encode_into(&protocol::to_new_event(ev, &self.source, now), &mut b.data);
+                    if b.data.len() - at > self.max_record {
+                        b.data.truncate(start);
+                        b.ends.truncate(ends);
+                        return b.error(line, self.too_large());
+                    }
                     b.ends.push(b.data.len());
                 }
                 b.units.push(Unit::Batch { line, count });
@@ -226,6 +247,7 @@ async fn read<R: AsyncRead + Unpin>(
         mode: AckMode::Each,
         source,
         max_line,
+        max_record: sh.max_record,
     };
     let mut stop = sh.stop.clone();
     let mut end: Option<&'static str> = None;
@@ -498,9 +520,16 @@ mod tests {
             mode: AckMode::Each,
             source: Source::this_process(SourceKind::Trainer),
             max_line: 1 << 20,
+            max_record: 200,
         };
         let ev = r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":1}"#;
-        let input = format!("{ev}\nnope\n#acks flush\n{ev}\n\n#flush\n{{\"batch\":[{ev},{ev}]}}\n");
+        let big = format!(
+            r#"{{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"{}"}}"#,
+            "x".repeat(300)
+        );
+        let input = format!(
+            "{ev}\nnope\n#acks flush\n{ev}\n\n#flush\n{{\"batch\":[{ev},{ev}]}}\n{big}\n{{\"batch\":[{ev},{big}]}}\n"
+        );
         let mut buf = input.into_bytes();
         let mut b = Builder::default();
         process(&mut f, &mut st, &mut buf, &mut b);
@@ -521,11 +550,18 @@ mod tests {
                 "error 2",
                 "event 4 true",
                 "flush 6",
-                "batch 7 2"
+                "batch 7 2",
+                "error 8",
+                "error 9"
             ]
         );
         assert_eq!(b.ends.len(), 4);
-        assert_eq!(b.rejected, 1);
+        assert_eq!(
+            b.ends.last(),
+            Some(&b.data.len()),
+            "refused events leave no bytes"
+        );
+        assert_eq!(b.rejected, 3);
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     pub greeting: Vec<u8>,
     pub host: String,
+    pub max_record: usize,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -360,13 +361,17 @@ where
             }
             None => None,
         };
-        let result = serve_on(store, writer, opts, listener, tcp, stop, ready, next_seq, &socket).await;
-        // Remove the socket if it is still ours, so clients fall back to taking the lock.
-        if std::fs::metadata(&socket).is_ok_and(|m| m.ino() == ino) {
-            let _ = std::fs::remove_file(&socket);
-        }
+        let result = serve_on(store, writer, opts, listener, tcp, stop, ready, next_seq, &socket, ino).await;
+        remove_socket(&socket, ino);
         result
     })
+}
+
+/// Remove the socket if it is still ours, so clients fall back to taking the lock.
+fn remove_socket(socket: &Path, ino: u64) {
+    if std::fs::metadata(socket).is_ok_and(|m| m.ino() == ino) {
+        let _ = std::fs::remove_file(socket);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -380,6 +385,7 @@ async fn serve_on(
     ready: impl FnOnce(&Ready),
     next_seq: u64,
     socket: &Path,
+    ino: u64,
 ) -> Result<ServeReport> {
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -441,6 +447,7 @@ async fn serve_on(
         stats: stats.clone(),
         greeting,
         host: crate::event::hostname(),
+        max_record: store.log().options().max_record as usize,
         opts,
     });
     let (track_tx, mut track_rx) = mpsc::channel::<()>(1);
@@ -476,6 +483,8 @@ async fn serve_on(
     for a in acceptors {
         let _ = a.await;
     }
+    // Nobody accepts any more: new clients should not find the socket.
+    remove_socket(socket, ino);
     drop(track_tx);
     let _ = track_rx.recv().await;
     drop(sh);
