@@ -8,8 +8,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use zolog::event::{EpochEnded, ExpId, Metrics, NewEvent, Payload, Source, SourceKind};
@@ -76,7 +76,7 @@ fn client(path: &Path, load: &Load, stop: &AtomicBool, per_client_rate: Option<f
     } else {
         1
     };
-    let acked = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new((Mutex::new(0u64), Condvar::new()));
     let (tx, rx) = mpsc::channel::<Instant>();
     let reader = {
         let acked = acked.clone();
@@ -96,7 +96,8 @@ fn client(path: &Path, load: &Load, stop: &AtomicBool, per_client_rate: Option<f
                         if lines.is_multiple_of(responses_per_write) {
                             let t0 = rx.recv().unwrap();
                             lat.push(t0.elapsed());
-                            acked.fetch_add(per_write, Ordering::Release);
+                            *acked.0.lock().unwrap() += per_write;
+                            acked.1.notify_one();
                         }
                     }
                 }
@@ -117,8 +118,11 @@ fn client(path: &Path, load: &Load, stop: &AtomicBool, per_client_rate: Option<f
             }
             next_at += iv;
         }
-        while sent - acked.load(Ordering::Acquire) + load.per_write as u64 > load.window {
-            std::thread::yield_now();
+        {
+            let mut a = acked.0.lock().unwrap();
+            while sent - *a + load.per_write as u64 > load.window {
+                a = acked.1.wait(a).unwrap();
+            }
         }
         tx.send(Instant::now()).unwrap();
         w.write_all(chunk.as_bytes()).unwrap();
@@ -126,8 +130,9 @@ fn client(path: &Path, load: &Load, stop: &AtomicBool, per_client_rate: Option<f
     }
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let latencies = reader.join().unwrap();
+    let events = *acked.0.lock().unwrap();
     Outcome {
-        events: acked.load(Ordering::Acquire),
+        events,
         elapsed: start.elapsed(),
         latencies,
     }

@@ -61,7 +61,7 @@ impl Framer {
         mut on_line: impl FnMut(u64, Result<&[u8], TooLong>),
     ) {
         let mut start = 0;
-        while let Some(i) = buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', &buf[self.scanned..]) {
             let end = self.scanned + i;
             self.lineno += 1;
             if self.discarding {

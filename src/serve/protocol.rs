@@ -125,8 +125,13 @@ pub fn parse_line(line: &str) -> Result<Request, String> {
         }
         return Ok(Request::Batch(events));
     }
-    let norm = json::normalize_nonfinite(text);
-    if let Some(payload) = fast_payload(&norm) {
+    // A line that parses as JSON has no bare NaN/Infinity tokens, so normalizing can wait until
+    // the fast path fails.
+    let fast = fast_payload(text).or_else(|| match json::normalize_nonfinite(text) {
+        std::borrow::Cow::Owned(norm) => fast_payload(&norm),
+        std::borrow::Cow::Borrowed(_) => None,
+    });
+    if let Some(payload) = fast {
         return Ok(Request::Event(InputEvent {
             time: None,
             source: None,
