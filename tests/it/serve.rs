@@ -930,3 +930,50 @@ fn acknowledged_events_survive_power_loss_and_a_failed_sync_acknowledges_nothing
         "the log holds exactly the acknowledged events"
     );
 }
+
+#[test]
+fn zolog_append_streaming_through_a_server_that_stops_loses_and_repeats_nothing() {
+    let (_d, store) = new_store();
+    let root = store.root().to_path_buf();
+    let server = serve::start(store, serve_opts()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["append", "--store"])
+        .arg(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stopper = None;
+    let mut server = Some(server);
+    for chunk in 0..50u64 {
+        let lines: String = (0..100)
+            .map(|i| epoch_line(chunk * 100 + i) + "\n")
+            .collect();
+        stdin.write_all(lines.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        if chunk == 20 {
+            let s = server.take().unwrap();
+            stopper = Some(std::thread::spawn(move || s.stop().unwrap()));
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let report = stopper.unwrap().join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("appended 5000 event(s)"), "{stdout}");
+    assert!(report.events > 0, "some went through the server");
+    let got: Vec<u64> = epochs_by_seq(&root).into_values().collect();
+    assert_eq!(
+        got,
+        (0..5000).collect::<Vec<_>>(),
+        "each line once, in order"
+    );
+}
