@@ -168,14 +168,22 @@ fn run_load(name: &str, load: Load) -> String {
     };
     let longest = outs.iter().map(|o| o.elapsed).max().unwrap_or(wall);
     let rate = events as f64 / longest.as_secs_f64();
+    let sync = |q: f64| {
+        report
+            .append_times
+            .quantile(q)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
     format!(
-        "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} |",
+        "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} / {:.2} |",
         load.clients,
         events,
         rate,
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         report.events as f64 / report.syncs.max(1) as f64,
+        sync(0.5),
+        sync(0.99),
     )
 }
 
@@ -220,7 +228,7 @@ fn sync_per_event(secs: f64) -> String {
     let rate = i as f64 / t0.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(lat);
     format!(
-        "| in-process `Store::append`, 1 event per call (1 fdatasync each) | 1 | {i} | {rate:.0} | {:.3} | {:.3} | 1.0 |",
+        "| in-process `Store::append`, 1 event per call (1 fdatasync each) | 1 | {i} | {rate:.0} | {:.3} | {:.3} | 1.0 | |",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     )
@@ -250,7 +258,7 @@ fn process_per_event(n: usize) -> String {
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(lat);
     format!(
-        "| one `zolog append` process per event | 1 | {n} | {rate:.0} | {:.2} | {:.2} | 1.0 |",
+        "| one `zolog append` process per event | 1 | {n} | {rate:.0} | {:.2} | {:.2} | 1.0 | |",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     )

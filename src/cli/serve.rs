@@ -104,13 +104,21 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<ExitCode> {
         let _ = stdout.flush();
     })?;
     let mut stdout = io::stdout().lock();
+    let q = |p: f64| {
+        report.append_times.quantile(p).map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.2} ms", d.as_secs_f64() * 1e3),
+        )
+    };
     out(
         &mut stdout,
         format_args!(
-            "stopped: {} connection(s), {} event(s) appended in {} sync(s), last seq {}; {} line(s) rejected, {} client(s) dropped, {} connection(s) refused\n",
+            "stopped: {} connection(s), {} event(s) appended in {} sync(s) (append+fdatasync p50 ≤ {}, p99 ≤ {}), last seq {}; {} line(s) rejected, {} client(s) dropped, {} connection(s) refused\n",
             report.connections,
             report.events,
             report.syncs,
+            q(0.5),
+            q(0.99),
             report
                 .last_seq
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),

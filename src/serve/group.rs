@@ -103,7 +103,10 @@ pub(crate) fn run(
             if !refs.is_empty() {
                 let payloads: Vec<&[u8]> =
                     refs.iter().map(|&(i, a, b)| &group[i].data[a..b]).collect();
-                match writer.append(&payloads) {
+                let t0 = std::time::Instant::now();
+                let appended = writer.append(&payloads);
+                stats.record_append(t0.elapsed());
+                match appended {
                     Ok(a) => {
                         first_seq = a.first_seq;
                         stats

@@ -114,6 +114,65 @@ pub struct Ready {
     pub next_seq: u64,
 }
 
+/// Durations in a log-linear histogram: 4 buckets per power of two of microseconds (so a
+/// quantile is known to within 19%), up to about 2^40 µs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+}
+
+const HIST_BUCKETS: usize = 4 * 41;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; HIST_BUCKETS],
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(micros: u64) -> usize {
+        if micros < 4 {
+            return micros as usize;
+        }
+        let log = 63 - micros.leading_zeros() as usize;
+        let sub = ((micros >> (log - 2)) & 3) as usize;
+        (4 * (log - 1) + sub).min(HIST_BUCKETS - 1)
+    }
+
+    /// The upper bound, in microseconds, of bucket `i`.
+    fn upper(i: usize) -> u64 {
+        if i < 4 {
+            return i as u64 + 1;
+        }
+        let log = i / 4 + 1;
+        let sub = (i % 4) as u64;
+        (4 + sub + 1) << (log - 2)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// An upper bound of the `q` quantile (0 < q ≤ 1), or None when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64 * q).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(Duration::from_micros(Self::upper(i)));
+            }
+        }
+        None
+    }
+}
+
 /// What a server did, reported when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeReport {
@@ -127,9 +186,11 @@ pub struct ServeReport {
     /// Connections refused (over the limit, or failed authentication).
     pub refused_connections: u64,
     pub last_seq: Option<u64>,
+    /// How long each group's `Writer::append` (write + fdatasync) took.
+    pub append_times: Histogram,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub connections: AtomicU64,
     pub events: AtomicU64,
@@ -138,6 +199,29 @@ pub(crate) struct Stats {
     pub dropped: AtomicU64,
     pub refused: AtomicU64,
     pub last_seq: AtomicU64,
+    pub append_hist: Vec<AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            connections: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            append_hist: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn record_append(&self, took: Duration) {
+        let i = Histogram::bucket(took.as_micros().min(u64::MAX as u128) as u64);
+        self.append_hist[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What every connection task shares.
@@ -504,7 +588,61 @@ async fn serve_on(
         dropped_clients: stats.dropped.load(Ordering::Relaxed),
         refused_connections: stats.refused.load(Ordering::Relaxed),
         last_seq: (last > 0).then_some(last),
+        append_times: Histogram {
+            counts: stats
+                .append_hist
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_bound_their_values() {
+        for v in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            9,
+            100,
+            130,
+            1000,
+            4095,
+            4096,
+            1 << 30,
+        ] {
+            let i = Histogram::bucket(v);
+            assert!(
+                Histogram::upper(i) > v,
+                "{v} in bucket {i} up to {}",
+                Histogram::upper(i)
+            );
+            if i > 0 {
+                assert!(
+                    Histogram::upper(i - 1) <= v,
+                    "{v}: bucket {i} is not the first that fits"
+                );
+            }
+        }
+        let mut h = Histogram::default();
+        for v in 1..=100u64 {
+            h.counts[Histogram::bucket(v * 10)] += 1;
+        }
+        let p50 = h.quantile(0.5).unwrap().as_micros() as u64;
+        assert!((500..=600).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap().as_micros() as u64;
+        assert!((990..=1200).contains(&p99), "{p99}");
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
 }
 
 fn refresh_loop(store: &Store, bell: std::sync::mpsc::Receiver<()>, every: Duration) {
