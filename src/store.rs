@@ -203,22 +203,106 @@ impl Store {
 /// `zolog serve` holds the writer lock, writes go through its socket instead of failing on the
 /// lock: a server that answers on `.zo/serve.sock` is used; otherwise the lock is taken as usual,
 /// and if it turns out to be busy, the socket is tried once more.
+///
+/// Check-then-append (decide from the log's state, append only if nobody appended meanwhile)
+/// works the same way in both cases with [`Appender::append_if`]: fold the log to its end, decide,
+/// `append_if(next_seq, ..)`, and on [`Error::Conflict`] fold again and retry.
 #[derive(Debug)]
 pub struct Appender<'a> {
     store: &'a Store,
     server: Option<Client>,
 }
 
+/// What is being appended: events, or payloads already encoded (`codec::encode`).
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    Events(&'a [NewEvent]),
+    Encoded(&'a [&'a [u8]]),
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Events(e) => e.len(),
+            Batch::Encoded(p) => p.len(),
+        }
+    }
+
+    fn skip(self, n: usize) -> Self {
+        match self {
+            Batch::Events(e) => Batch::Events(&e[n..]),
+            Batch::Encoded(p) => Batch::Encoded(&p[n..]),
+        }
+    }
+
+    fn payloads(&self) -> Vec<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Batch::Events(e) => e.iter().map(|ev| codec::encode(ev).into()).collect(),
+            Batch::Encoded(p) => p.iter().map(|&b| b.into()).collect(),
+        }
+    }
+
+    /// The JSON envelopes a server takes. An encoded payload is decoded first (its `appended`
+    /// time is not sent: the server records its own).
+    fn envelopes(&self) -> Result<Vec<String>> {
+        match self {
+            Batch::Events(e) => Ok(e.iter().map(client::envelope).collect()),
+            Batch::Encoded(p) => p
+                .iter()
+                .map(|b| {
+                    let ev =
+                        codec::decode(0, b).map_err(|source| Error::Codec { seq: 0, source })?;
+                    Ok(client::envelope(&NewEvent {
+                        time: ev.time,
+                        appended: ev.appended,
+                        source: ev.source,
+                        payload: ev.payload,
+                    }))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a batch may be appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All of it in one log batch.
+    Atomic,
+    /// Through a server, possibly as several atomic batches.
+    Split,
+    /// Atomic, and only if the log's next seq is this one.
+    If(u64),
+}
+
 impl Appender<'_> {
     /// Append `events` as one durable, atomic batch.
     pub fn append(&mut self, events: &[NewEvent]) -> Result<Appended> {
-        self.go(events, true)
+        self.go(Batch::Events(events), Mode::Atomic)
     }
 
     /// Append `events` durably; through a server they may be split into several atomic batches
     /// (each within its line limit). The range returned spans them all.
     pub fn append_chunk(&mut self, events: &[NewEvent]) -> Result<Appended> {
-        self.go(events, false)
+        self.go(Batch::Events(events), Mode::Split)
+    }
+
+    /// Append `events` as one atomic batch only if the log's next seq is `next_seq` when it is
+    /// appended; otherwise nothing is appended and the error is [`Error::Conflict`] with the seq
+    /// the log is at.
+    pub fn append_if(&mut self, next_seq: u64, events: &[NewEvent]) -> Result<Appended> {
+        self.go(Batch::Events(events), Mode::If(next_seq))
+    }
+
+    /// [`Appender::append`] (or, with `if_next_seq`, [`Appender::append_if`]) for payloads
+    /// already encoded with `codec::encode`.
+    pub fn append_encoded(
+        &mut self,
+        payloads: &[&[u8]],
+        if_next_seq: Option<u64>,
+    ) -> Result<Appended> {
+        let mode = if_next_seq.map_or(Mode::Atomic, Mode::If);
+        self.go(Batch::Encoded(payloads), mode)
     }
 
     /// Whether the last append went through a server.
@@ -233,12 +317,13 @@ impl Appender<'_> {
         Ok(self.server.is_some())
     }
 
-    fn through_server(&mut self, events: &[NewEvent], atomic: bool) -> Result<Outcome> {
+    fn through_server(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Outcome> {
+        let envs = batch.envelopes()?;
         let c = self.server.as_mut().expect("connected");
-        let r = if atomic {
-            c.append(events)
-        } else {
-            c.append_split(events)
+        let r = match mode {
+            Mode::Atomic => c.append_envelopes(&envs, None),
+            Mode::If(n) => c.append_envelopes(&envs, Some(n)),
+            Mode::Split => c.append_split_envelopes(&envs),
         };
         match r {
             Ok(a) => Ok(Outcome::Done(a)),
@@ -248,10 +333,13 @@ impl Appender<'_> {
                 appended,
                 first_seq,
                 ..
-            }) if !atomic || appended == 0 => {
+            }) if mode == Mode::Split || appended == 0 => {
                 tracing::info!("zolog serve stopped; appending the rest directly");
                 self.server = None;
                 Ok(Outcome::Partly(appended, first_seq))
+            }
+            Err(ServeError::Conflict { expected, actual }) => {
+                Err(Error::Conflict { expected, actual })
             }
             Err(e) => {
                 self.server = None;
@@ -260,14 +348,14 @@ impl Appender<'_> {
         }
     }
 
-    fn go(&mut self, events: &[NewEvent], atomic: bool) -> Result<Appended> {
-        if events.is_empty() {
+    fn go(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Appended> {
+        if batch.len() == 0 {
             return Err(LogError::EmptyBatch.into());
         }
         let mut done = 0;
         let mut first = None;
         if self.connect()? {
-            match self.through_server(events, atomic)? {
+            match self.through_server(batch, mode)? {
                 Outcome::Done(a) => return Ok(a),
                 Outcome::Partly(n, f) => {
                     done = n;
@@ -275,13 +363,22 @@ impl Appender<'_> {
                 }
             }
         }
-        let rest = &events[done..];
-        let payloads: Vec<Vec<u8>> = rest.iter().map(codec::encode).collect();
+        let rest = batch.skip(done);
         let r = match self.store.log.writer() {
-            Ok(mut w) => w.append(&payloads)?,
+            Ok(mut w) => {
+                if let Mode::If(expected) = mode
+                    && w.next_seq() != expected
+                {
+                    return Err(Error::Conflict {
+                        expected,
+                        actual: w.next_seq(),
+                    });
+                }
+                w.append(&rest.payloads())?
+            }
             Err(LogError::Locked { holder, waited }) => {
                 if self.connect()? {
-                    match self.through_server(rest, atomic)? {
+                    match self.through_server(rest, mode)? {
                         Outcome::Done(a) => a,
                         Outcome::Partly(..) => {
                             return Err(Error::Invalid(

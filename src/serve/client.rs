@@ -32,7 +32,15 @@ pub enum ServeError {
     #[error("zolog serve at {endpoint} refused the connection: {message}")]
     Refused { endpoint: String, message: String },
     #[error("zolog serve rejected line {line}: {message}")]
-    Rejected { line: u64, message: String },
+    Rejected {
+        line: u64,
+        message: String,
+        /// With a conflict: the seq the log was at.
+        next_seq: Option<u64>,
+    },
+    /// A conditional append found the log at another seq; nothing was appended.
+    #[error("the log moved on: the batch was for seq {expected}, the log is at seq {actual}")]
+    Conflict { expected: u64, actual: u64 },
     /// The server stopped before reading the rest: the first `appended` events were appended,
     /// the others were not.
     #[error(
@@ -226,7 +234,11 @@ impl Client {
             }
             if let Some(message) = r.error {
                 if r.line == Some(line) {
-                    return Err(ServeError::Rejected { line, message });
+                    return Err(ServeError::Rejected {
+                        line,
+                        message,
+                        next_seq: r.next_seq,
+                    });
                 }
                 if r.fatal || r.line.is_none() {
                     return Err(self.lost(message));
@@ -243,14 +255,41 @@ impl Client {
 
     /// Append `events` as one atomic batch (one `{"batch":[..]}` line).
     pub fn append(&mut self, events: &[NewEvent]) -> Result<Appended, ServeError> {
-        let line = batch_line(events.iter().map(envelope));
+        let envs: Vec<String> = events.iter().map(envelope).collect();
+        self.append_envelopes(&envs, None)
+    }
+
+    /// Append envelope lines (see [`envelope`]) as one atomic batch; with `if_next_seq`, only if
+    /// the log's next seq is still that when the batch is appended (else
+    /// [`ServeError::Conflict`]).
+    pub fn append_envelopes(
+        &mut self,
+        envelopes: &[String],
+        if_next_seq: Option<u64>,
+    ) -> Result<Appended, ServeError> {
+        let mut line = batch_line(envelopes.iter().map(String::as_str));
+        if let Some(n) = if_next_seq {
+            line.truncate(line.len() - 1);
+            line.push_str(&format!(",\"if_next_seq\":{n}}}"));
+        }
         if line.len() > self.greeting.max_line {
             return Err(ServeError::BatchTooLarge {
                 bytes: line.len(),
                 max: self.greeting.max_line,
             });
         }
-        let (first, last, _) = self.pipeline(&[(line, events.len())])?;
+        let (first, last, _) = match self.pipeline(&[(line, envelopes.len())]) {
+            Err(ServeError::Rejected {
+                next_seq: Some(actual),
+                ..
+            }) if if_next_seq.is_some() => {
+                return Err(ServeError::Conflict {
+                    expected: if_next_seq.unwrap_or(0),
+                    actual,
+                });
+            }
+            r => r?,
+        };
         Ok(Appended {
             first_seq: first,
             last_seq: last,
@@ -261,13 +300,18 @@ impl Client {
     /// at once. Each batch is atomic; the whole is not. Returns the first and last seq given
     /// (other clients' events may lie between them).
     pub fn append_split(&mut self, events: &[NewEvent]) -> Result<Appended, ServeError> {
+        let envs: Vec<String> = events.iter().map(envelope).collect();
+        self.append_split_envelopes(&envs)
+    }
+
+    /// [`Client::append_split`] for envelope lines.
+    pub fn append_split_envelopes(&mut self, envelopes: &[String]) -> Result<Appended, ServeError> {
         let max = self.greeting.max_line;
         let target = max.min(512 * 1024);
         let mut lines: Vec<(String, usize)> = Vec::new();
-        let mut cur: Vec<String> = Vec::new();
+        let mut cur: Vec<&str> = Vec::new();
         let mut cur_len = 0;
-        for ev in events {
-            let e = envelope(ev);
+        for e in envelopes {
             if e.len() + 12 > max {
                 return Err(ServeError::EventTooLarge {
                     bytes: e.len(),
@@ -371,13 +415,13 @@ impl Client {
     }
 }
 
-fn batch_line(items: impl Iterator<Item = String>) -> String {
+fn batch_line<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let mut line = String::from("{\"batch\":[");
     for (i, e) in items.enumerate() {
         if i > 0 {
             line.push(',');
         }
-        line.push_str(&e);
+        line.push_str(e);
     }
     line.push_str("]}");
     line

@@ -180,7 +180,7 @@ impl ConnState {
                     quiet: self.mode == AckMode::Flush,
                 });
             }
-            Ok(Request::Batch(evs)) => {
+            Ok(Request::Batch(evs, if_next)) => {
                 let (start, ends) = (b.data.len(), b.ends.len());
                 let count = evs.len() as u64;
                 for ev in evs {
@@ -193,7 +193,11 @@ impl ConnState {
                     }
                     b.ends.push(b.data.len());
                 }
-                b.units.push(Unit::Batch { line, count });
+                b.units.push(Unit::Batch {
+                    line,
+                    count,
+                    if_next,
+                });
             }
             Ok(Request::Flush) => b.units.push(Unit::Flush { line }),
             Ok(Request::Acks(m)) => self.mode = m,
@@ -336,7 +340,7 @@ fn format(done: Done, out: &mut Vec<u8>, fl: &mut FlushState) {
                 fl.add(seq, seq);
                 seq += 1;
             }
-            (Unit::Batch { line, count }, None) => {
+            (Unit::Batch { line, count, .. }, None) => {
                 protocol::write_batch_ack(out, seq, seq + count - 1, line);
                 fl.add(seq, seq + count - 1);
                 seq += count;
@@ -351,6 +355,14 @@ fn format(done: Done, out: &mut Vec<u8>, fl: &mut FlushState) {
                     false,
                 );
             }
+            (
+                Unit::Conflict {
+                    line,
+                    expected,
+                    actual,
+                },
+                _,
+            ) => protocol::write_conflict(out, expected, actual, line),
             (Unit::Flush { line }, _) => {
                 let range = fl.first.map(|f| (f, fl.last));
                 protocol::write_flush_ack(out, fl.count, range, line);
@@ -538,7 +550,8 @@ mod tests {
             .iter()
             .map(|u| match u {
                 Unit::Event { line, quiet } => format!("event {line} {quiet}"),
-                Unit::Batch { line, count } => format!("batch {line} {count}"),
+                Unit::Batch { line, count, .. } => format!("batch {line} {count}"),
+                Unit::Conflict { line, .. } => format!("conflict {line}"),
                 Unit::Flush { line } => format!("flush {line}"),
                 Unit::Error { line, .. } => format!("error {line}"),
             })
@@ -581,7 +594,11 @@ mod tests {
                     line: 3,
                     quiet: true,
                 },
-                Unit::Batch { line: 4, count: 2 },
+                Unit::Batch {
+                    line: 4,
+                    count: 2,
+                    if_next: None,
+                },
                 Unit::Flush { line: 5 },
                 Unit::Flush { line: 6 },
             ],

@@ -25,10 +25,18 @@ pub(crate) enum Unit {
         line: u64,
         quiet: bool,
     },
-    /// An atomic batch of `count` payloads.
+    /// An atomic batch of `count` payloads; with `if_next`, only if the log is at that seq when
+    /// the batch is appended.
     Batch {
         line: u64,
         count: u64,
+        if_next: Option<u64>,
+    },
+    /// A conditional batch that found the log elsewhere: nothing of it appended.
+    Conflict {
+        line: u64,
+        expected: u64,
+        actual: u64,
     },
     Flush {
         line: u64,
@@ -76,6 +84,7 @@ pub(crate) fn run(
     on_fatal: &dyn Fn(),
 ) -> Result<(), LogError> {
     let mut group: Vec<Submission> = Vec::new();
+    // (submission, start, end) of each payload to append.
     let mut refs: Vec<(usize, usize, usize)> = Vec::new();
     let mut failure: Option<(Arc<str>, LogError)> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -90,43 +99,71 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let mut first_seq = 0;
-        if failure.is_none() {
-            refs.clear();
-            for (i, s) in group.iter().enumerate() {
-                let mut start = 0;
-                for &end in &s.ends {
-                    refs.push((i, start, end));
-                    start = end;
+        // Where each payload would land, in group order; a conditional batch whose seq would not
+        // be the one it names is left out (and so moves nothing after it).
+        let base = writer.next_seq();
+        let mut next = base;
+        let mut firsts = Vec::with_capacity(group.len());
+        refs.clear();
+        for (i, s) in group.iter_mut().enumerate() {
+            firsts.push(next);
+            let mut p = 0;
+            let mut start = 0;
+            for u in s.units.iter_mut() {
+                let n = match *u {
+                    Unit::Event { .. } => 1,
+                    Unit::Batch { count, .. } => count as usize,
+                    _ => 0,
+                };
+                if let Unit::Batch {
+                    line,
+                    if_next: Some(expected),
+                    ..
+                } = *u
+                    && expected != next
+                {
+                    *u = Unit::Conflict {
+                        line,
+                        expected,
+                        actual: next,
+                    };
+                } else {
+                    for &end in &s.ends[p..p + n] {
+                        refs.push((i, start, end));
+                        start = end;
+                    }
+                    next += n as u64;
                 }
+                if n > 0 {
+                    start = s.ends[p + n - 1];
+                }
+                p += n;
             }
-            if !refs.is_empty() {
-                let payloads: Vec<&[u8]> =
-                    refs.iter().map(|&(i, a, b)| &group[i].data[a..b]).collect();
-                let t0 = std::time::Instant::now();
-                let appended = writer.append(&payloads);
-                stats.record_append(t0.elapsed());
-                match appended {
-                    Ok(a) => {
-                        first_seq = a.first_seq;
-                        stats
-                            .events
-                            .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-                        stats.syncs.fetch_add(1, Ordering::Relaxed);
-                        stats.last_seq.store(a.last_seq, Ordering::Relaxed);
-                        on_commit(a.last_seq);
-                    }
-                    Err(e) => {
-                        tracing::error!("append failed; the server stops: {e}");
-                        failure = Some((Arc::from(e.to_string()), e));
-                        on_fatal();
-                    }
+        }
+        if failure.is_none() && !refs.is_empty() {
+            let payloads: Vec<&[u8]> = refs.iter().map(|&(i, a, b)| &group[i].data[a..b]).collect();
+            let t0 = std::time::Instant::now();
+            let appended = writer.append(&payloads);
+            stats.record_append(t0.elapsed());
+            match appended {
+                Ok(a) => {
+                    debug_assert_eq!(a.first_seq, base);
+                    stats
+                        .events
+                        .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    stats.last_seq.store(a.last_seq, Ordering::Relaxed);
+                    on_commit(a.last_seq);
+                }
+                Err(e) => {
+                    tracing::error!("append failed; the server stops: {e}");
+                    failure = Some((Arc::from(e.to_string()), e));
+                    on_fatal();
                 }
             }
         }
         let failed = failure.as_ref().map(|f| f.0.clone());
-        for s in group.drain(..) {
-            let count = s.ends.len() as u64;
+        for (s, first_seq) in group.drain(..).zip(firsts) {
             drop(s.budget);
             if let Some(slot) = s.ack {
                 slot.send(Done {
@@ -135,7 +172,6 @@ pub(crate) fn run(
                     failed: failed.clone(),
                 });
             }
-            first_seq += count;
         }
     }
     match failure {

@@ -8,6 +8,7 @@
 //! AUTH <token>                TCP only, and only as the first line
 //! <event>                     an envelope or a bare payload, as `zolog append` reads them
 //! {"batch":[<event>, ...]}    an atomic batch: all of it is appended, in one log batch, or none
+//! {"batch":[..],"if_next_seq":N}  the same, only if the log's next seq is still N when it is appended
 //! #flush                      a barrier: answered once every earlier event of the connection is durable
 //! #acks each | #acks flush    acknowledge every event line (default), or only at #flush
 //! #source {"kind":..,..}      the source recorded for later events that do not name one
@@ -19,6 +20,7 @@
 //! {"seq":18,"last_seq":20,"line":4}                             batch on line 4 is durable
 //! {"flushed":3,"first_seq":18,"last_seq":21,"line":5}           #flush on line 5
 //! {"error":"...","line":6}                                      line 6 was refused; nothing of it appended
+//! {"error":"conflict: ...","next_seq":40,"line":7}              an if_next_seq batch found the log at seq 40
 //! {"error":"...","fatal":true}                                  the server closes this connection
 //! {"bye":"server shutting down","line":9}                       the last line before a graceful close:
 //!                                                               lines after line 9 were not read
@@ -58,7 +60,8 @@ pub enum Request {
     /// A blank line: ignored, no response.
     Blank,
     Event(InputEvent),
-    Batch(Vec<InputEvent>),
+    /// Events, and the seq the log must be at for them to be appended.
+    Batch(Vec<InputEvent>, Option<u64>),
     Flush,
     Acks(AckMode),
     Source(Source),
@@ -68,6 +71,8 @@ pub enum Request {
 #[serde(deny_unknown_fields)]
 struct BatchIn {
     batch: Vec<serde_json::Value>,
+    #[serde(default)]
+    if_next_seq: Option<u64>,
 }
 
 fn line_error(e: LineError) -> String {
@@ -111,8 +116,9 @@ pub fn parse_line(line: &str) -> Result<Request, String> {
     }
     if is_batch(text) {
         let norm = json::normalize_nonfinite(text);
-        let b: BatchIn = serde_json::from_str(&norm)
-            .map_err(|e| format!("malformed batch (expected {{\"batch\":[event, ...]}}): {e}"))?;
+        let b: BatchIn = serde_json::from_str(&norm).map_err(|e| {
+            format!("malformed batch (expected {{\"batch\":[event, ...]}}, optionally with \"if_next_seq\"): {e}")
+        })?;
         if b.batch.is_empty() {
             return Err("empty batch".into());
         }
@@ -123,7 +129,7 @@ pub fn parse_line(line: &str) -> Result<Request, String> {
                 .map_err(|e| format!("batch item {i}: {}; nothing appended", line_error(e)))?;
             events.push(ev);
         }
-        return Ok(Request::Batch(events));
+        return Ok(Request::Batch(events, b.if_next_seq));
     }
     // A line that parses as JSON has no bare NaN/Infinity tokens, so normalizing can wait until
     // the fast path fails.
@@ -252,6 +258,9 @@ pub struct Response {
     pub fatal: bool,
     #[serde(default)]
     pub bye: Option<String>,
+    /// With a conflict error: the seq the log was at.
+    #[serde(default)]
+    pub next_seq: Option<u64>,
 }
 
 impl Response {
@@ -302,6 +311,14 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, line: Option<u64>, fatal: b
         out.extend_from_slice(b",\"fatal\":true");
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// `{"error":"conflict: ...","next_seq":M,"line":L}`
+pub fn write_conflict(out: &mut Vec<u8>, expected: u64, actual: u64, line: u64) {
+    let _ = writeln!(
+        out,
+        "{{\"error\":\"conflict: the batch was to be appended at seq {expected}, but the log is at seq {actual}; nothing appended\",\"next_seq\":{actual},\"line\":{line}}}"
+    );
 }
 
 /// `{"bye":"...","line":L}`: L is the last line the server read; nothing after it was read.
@@ -377,7 +394,8 @@ mod tests {
         match parse_line(line) {
             Ok(Request::Blank) => "blank".into(),
             Ok(Request::Event(e)) => format!("event {}", e.payload.kind()),
-            Ok(Request::Batch(b)) => format!("batch {}", b.len()),
+            Ok(Request::Batch(b, None)) => format!("batch {}", b.len()),
+            Ok(Request::Batch(b, Some(n))) => format!("batch {} if {n}", b.len()),
             Ok(Request::Flush) => "flush".into(),
             Ok(Request::Acks(m)) => format!("acks {m:?}"),
             Ok(Request::Source(s)) => format!("source {}", s.kind),
@@ -398,6 +416,10 @@ mod tests {
             ),
             (&format!(r#"{{"batch":[{EPOCH},{EPOCH}]}}"#), "batch 2"),
             (&format!(r#"{{ "batch" : [{EPOCH}] }}"#), "batch 1"),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"if_next_seq":40}}"#),
+                "batch 1 if 40",
+            ),
             ("#flush", "flush"),
             ("#acks each", "acks Each"),
             ("#acks   flush", "acks Flush"),
@@ -435,7 +457,7 @@ mod tests {
 
     #[test]
     fn nan_survives_a_batch() {
-        let Ok(Request::Batch(b)) = parse_line(&format!(r#"{{"batch":[{EPOCH}]}}"#)) else {
+        let Ok(Request::Batch(b, _)) = parse_line(&format!(r#"{{"batch":[{EPOCH}]}}"#)) else {
             panic!("not a batch")
         };
         let Payload::EpochEnded(e) = &b[0].payload else {
@@ -478,6 +500,7 @@ mod tests {
         write_error(&mut out, "bad \"quote\"\n", Some(7), false);
         write_error(&mut out, "too many", None, true);
         write_bye(&mut out, "server shutting down", 9);
+        write_conflict(&mut out, 40, 42, 10);
         let text = String::from_utf8(out).unwrap();
         let r: Vec<Response> = text.lines().map(|l| Response::parse(l).unwrap()).collect();
         assert_eq!((r[0].seq, r[0].line), (Some(17), Some(3)));
@@ -491,5 +514,7 @@ mod tests {
         assert!(r[5].fatal && r[5].line.is_none());
         assert_eq!(r[6].bye.as_deref(), Some("server shutting down"));
         assert_eq!(r[6].line, Some(9));
+        assert!(r[7].error.as_deref().unwrap().starts_with("conflict"));
+        assert_eq!((r[7].next_seq, r[7].line), (Some(42), Some(10)));
     }
 }

@@ -977,3 +977,84 @@ fn zolog_append_streaming_through_a_server_that_stops_loses_and_repeats_nothing(
         "each line once, in order"
     );
 }
+
+#[test]
+fn conditional_appends_are_check_then_append_with_or_without_a_server() {
+    use zolog::Error;
+    use zolog::event::codec;
+    let (_d, store) = new_store();
+    let root = store.root().to_path_buf();
+    // Directly: right seq appends, a stale one conflicts and appends nothing.
+    let a = store.appender().append_if(2, &[epoch_event(1)]).unwrap();
+    assert_eq!((a.first_seq, a.last_seq), (2, 2));
+    let err = store
+        .appender()
+        .append_if(2, &[epoch_event(2)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 2,
+                actual: 3
+            }
+        ),
+        "{err}"
+    );
+    // Through a server: the same, and the check is made when the batch is appended, after
+    // whatever precedes it in the same group.
+    let server = serve::start(store.clone(), serve_opts()).unwrap();
+    let a = store
+        .appender()
+        .append_if(3, &[epoch_event(3), epoch_event(4)])
+        .unwrap();
+    assert_eq!((a.first_seq, a.last_seq), (3, 4));
+    let err = store
+        .appender()
+        .append_if(3, &[epoch_event(5)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 3,
+                actual: 5
+            }
+        ),
+        "{err}"
+    );
+    let mut c = Raw::connect(&server.ready().socket);
+    let (e6, e7, e8) = (epoch_line(6), epoch_line(7), epoch_line(8));
+    c.send(&format!(
+        "{{\"batch\":[{e6}],\"if_next_seq\":5}}\n{{\"batch\":[{e7}],\"if_next_seq\":5}}\n{{\"batch\":[{e8}],\"if_next_seq\":6}}\n"
+    ));
+    let first = c.line();
+    assert_eq!(
+        (first["seq"].as_u64(), first["line"].as_u64()),
+        (Some(5), Some(1)),
+        "{first}"
+    );
+    let second = c.line();
+    assert!(
+        second["error"].as_str().unwrap().starts_with("conflict"),
+        "{second}"
+    );
+    assert_eq!(
+        (second["next_seq"].as_u64(), second["line"].as_u64()),
+        (Some(6), Some(2))
+    );
+    let third = c.line();
+    assert_eq!(third["seq"], 6, "{third}");
+    drop(c);
+    // Encoded payloads (what ingest and `zolog append` build) go through too.
+    let p = codec::encode(&epoch_event(9));
+    let a = store.appender().append_encoded(&[&p, &p], Some(7)).unwrap();
+    assert_eq!((a.first_seq, a.last_seq), (7, 8));
+    let err = store.appender().append_encoded(&[&p], Some(7)).unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 9, .. }), "{err}");
+    server.stop().unwrap();
+    let a = store.appender().append_encoded(&[&p], None).unwrap();
+    assert_eq!(a.first_seq, 9);
+    let got: Vec<u64> = epochs_by_seq(&root).into_values().collect();
+    assert_eq!(got, [1, 3, 4, 6, 8, 9, 9, 9]);
+}
