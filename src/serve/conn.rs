@@ -104,12 +104,14 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    /// Room for the lines in `buf` (an encoded event is smaller than its JSON).
+    /// Room for the lines in `buf` (an encoded event is smaller than its JSON), at most one
+    /// read's worth: a long line arriving slowly must not cost an allocation of its size per read.
     fn for_input(buf: &[u8]) -> Builder {
+        let n = buf.len().min(READ_CHUNK);
         Builder {
-            data: Vec::with_capacity(buf.len()),
-            ends: Vec::with_capacity(buf.len() / 128),
-            units: Vec::with_capacity(buf.len() / 128),
+            data: Vec::with_capacity(n),
+            ends: Vec::with_capacity(n / 128),
+            units: Vec::with_capacity(n / 128),
             rejected: 0,
         }
     }
