@@ -305,6 +305,11 @@ impl Appender<'_> {
         self.go(Batch::Encoded(payloads), mode)
     }
 
+    /// [`Appender::append_chunk`] for payloads already encoded with `codec::encode`.
+    pub fn append_encoded_chunk(&mut self, payloads: &[&[u8]]) -> Result<Appended> {
+        self.go(Batch::Encoded(payloads), Mode::Split)
+    }
+
     /// Whether the last append went through a server.
     pub fn via_server(&self) -> bool {
         self.server.is_some()

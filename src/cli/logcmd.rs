@@ -12,7 +12,7 @@ use clap::Args;
 use super::{Ctx, out};
 use crate::error::{Error, Result};
 use crate::event::json::{self, LineError};
-use crate::event::{NewEvent, Payload, Source, SourceKind, codec};
+use crate::event::{Payload, Source, SourceKind, codec};
 use crate::log::{ProblemKind, ReadEnd};
 use crate::store::Store;
 
@@ -89,9 +89,9 @@ impl From<SourceArg> for SourceKind {
     }
 }
 
-/// Lines parsed by the reader thread, handed to the writer.
+/// Lines parsed and encoded by the reader thread, handed to the writer.
 struct Chunk {
-    events: Vec<NewEvent>,
+    payloads: Vec<Vec<u8>>,
     rejected: Vec<(usize, LineError)>,
     /// An I/O error reading the input (ends the input).
     failed: Option<io::Error>,
@@ -110,7 +110,7 @@ fn spawn_reader(input: Box<dyn Read + Send>, source: Source) -> mpsc::Receiver<C
         let mut line = String::new();
         let mut lineno = 0usize;
         let mut chunk = Chunk {
-            events: Vec::new(),
+            payloads: Vec::new(),
             rejected: Vec::new(),
             failed: None,
         };
@@ -144,17 +144,18 @@ fn spawn_reader(input: Box<dyn Read + Send>, source: Source) -> mpsc::Receiver<C
                 } else {
                     match json::parse_input_line(&line) {
                         Ok(ev) => {
-                            bytes += line.len();
-                            chunk.events.push(ev.into_new(&source));
+                            let p = codec::encode(&ev.into_new(&source));
+                            bytes += p.len();
+                            chunk.payloads.push(p);
                         }
                         Err(e) => chunk.rejected.push((lineno, e)),
                     }
                 }
             }
-            let full = chunk.events.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES;
+            let full = chunk.payloads.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES;
             if full || reader.buffer().is_empty() {
                 let next = Chunk {
-                    events: Vec::with_capacity(chunk.events.len()),
+                    payloads: Vec::with_capacity(chunk.payloads.len()),
                     rejected: Vec::new(),
                     failed: None,
                 };
@@ -186,7 +187,7 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
     let mut rejected = 0u64;
     let mut first_seq = None;
     let mut last_seq = None;
-    let mut pending: Vec<NewEvent> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     // Under the writer lock, or through `zolog serve` while one holds it.
     let mut appender = store.appender();
     let mut input_error = None;
@@ -200,16 +201,17 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
             input_error = Some(Error::io("read", &name, e));
         }
         if a.atomic {
-            pending.append(&mut chunk.events);
+            pending.append(&mut chunk.payloads);
             continue;
         }
         // Batches coalesce while the writer is busy; each takes the lock on its own, so other
         // writers interleave at batch boundaries.
-        pending.append(&mut chunk.events);
+        pending.append(&mut chunk.payloads);
         if pending.is_empty() {
             continue;
         }
-        let r = appender.append_chunk(&pending)?;
+        let refs: Vec<&[u8]> = pending.iter().map(Vec::as_slice).collect();
+        let r = appender.append_encoded_chunk(&refs)?;
         appended += pending.len() as u64;
         first_seq.get_or_insert(r.first_seq);
         last_seq = Some(r.last_seq);
@@ -231,7 +233,8 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
             );
             pending.clear();
         } else if !pending.is_empty() {
-            let r = appender.append(&pending)?;
+            let refs: Vec<&[u8]> = pending.iter().map(Vec::as_slice).collect();
+            let r = appender.append_encoded(&refs, None)?;
             appended = pending.len() as u64;
             first_seq = Some(r.first_seq);
             last_seq = Some(r.last_seq);
