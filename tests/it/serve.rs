@@ -885,9 +885,11 @@ fn sigterm_acknowledges_everything_received_and_exits_zero() {
 fn acknowledged_events_survive_power_loss_and_a_failed_sync_acknowledges_nothing() {
     use zolog::log::fs::{CrashMode, FaultFs, Faults};
     let fs = FaultFs::new();
-    let root = PathBuf::from("/mem/.zo");
-    let store = Store::init_with(Arc::new(fs.clone()), &root, "t", opts()).unwrap();
+    // The log lives in memory; the path is still a real, private one, for anything (projection
+    // refreshes) that writes beside it.
     let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mem").join(".zo");
+    let store = Store::init_with(Arc::new(fs.clone()), &root, "t", opts()).unwrap();
     let socket = dir.path().join("serve.sock");
     let server = serve::start(
         store,
