@@ -43,6 +43,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::client::ServeError),
+    /// A conditional append (`Appender::append_if`) found the log at another seq; nothing was
+    /// appended.
+    #[error("the log moved on: the batch was for seq {expected}, the log is at seq {actual}")]
+    Conflict { expected: u64, actual: u64 },
 }
 
 impl Error {

@@ -16,6 +16,7 @@ pub mod log;
 pub mod project;
 pub mod run;
 pub mod schema;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::event::{self, Event, NewEvent, Payload, ProjectInitialized, codec};
 use crate::log::fs::{Fs, RealFs};
-use crate::log::{Appended, Log, LogOptions, ReadEnd, ReadError, Writer};
+use crate::log::{Appended, Log, LogError, LogOptions, ReadEnd, ReadError, Writer};
+use crate::serve::client::{self, Client, ServeError};
 
 /// Name of the store directory inside a project.
 pub const STORE_DIR: &str = ".zo";
@@ -162,11 +163,23 @@ impl Store {
         Ok(self.log.writer()?)
     }
 
-    /// Append events as one durable, atomic batch.
+    /// Append events as one durable, atomic batch: under the writer lock, or, while a
+    /// `zolog serve` holds the lock, through its socket.
     pub fn append(&self, events: &[NewEvent]) -> Result<Appended> {
-        let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
-        let mut w = self.log.writer()?;
-        Ok(w.append(&payloads)?)
+        self.appender().append(events)
+    }
+
+    /// An appender for several batches, which keeps its connection to a server between them.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            store: self,
+            server: None,
+        }
+    }
+
+    /// The socket a `zolog serve` on this store listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        crate::serve::socket_path(&self.root)
     }
 
     /// Call `f` with every event from `from_seq` on, in order. Returns how the log ended.
@@ -184,6 +197,217 @@ impl Store {
         })?;
         Ok(out)
     }
+}
+
+/// Appends batches to a store. Every writing command goes through here, so that while a
+/// `zolog serve` holds the writer lock, writes go through its socket instead of failing on the
+/// lock: a server that answers on `.zo/serve.sock` is used; otherwise the lock is taken as usual,
+/// and if it turns out to be busy, the socket is tried once more.
+///
+/// Check-then-append (decide from the log's state, append only if nobody appended meanwhile)
+/// works the same way in both cases with [`Appender::append_if`]: fold the log to its end, decide,
+/// `append_if(next_seq, ..)`, and on [`Error::Conflict`] fold again and retry.
+#[derive(Debug)]
+pub struct Appender<'a> {
+    store: &'a Store,
+    server: Option<Client>,
+}
+
+/// What is being appended: events, or payloads already encoded (`codec::encode`).
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    Events(&'a [NewEvent]),
+    Encoded(&'a [&'a [u8]]),
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Events(e) => e.len(),
+            Batch::Encoded(p) => p.len(),
+        }
+    }
+
+    fn skip(self, n: usize) -> Self {
+        match self {
+            Batch::Events(e) => Batch::Events(&e[n..]),
+            Batch::Encoded(p) => Batch::Encoded(&p[n..]),
+        }
+    }
+
+    fn payloads(&self) -> Vec<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Batch::Events(e) => e.iter().map(|ev| codec::encode(ev).into()).collect(),
+            Batch::Encoded(p) => p.iter().map(|&b| b.into()).collect(),
+        }
+    }
+
+    /// The JSON envelopes a server takes. An encoded payload is decoded first (its `appended`
+    /// time is not sent: the server records its own).
+    fn envelopes(&self) -> Result<Vec<String>> {
+        match self {
+            Batch::Events(e) => Ok(e.iter().map(client::envelope).collect()),
+            Batch::Encoded(p) => p
+                .iter()
+                .map(|b| {
+                    let ev =
+                        codec::decode(0, b).map_err(|source| Error::Codec { seq: 0, source })?;
+                    Ok(client::envelope(&NewEvent {
+                        time: ev.time,
+                        appended: ev.appended,
+                        source: ev.source,
+                        payload: ev.payload,
+                    }))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a batch may be appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All of it in one log batch.
+    Atomic,
+    /// Through a server, possibly as several atomic batches.
+    Split,
+    /// Atomic, and only if the log's next seq is this one.
+    If(u64),
+}
+
+impl Appender<'_> {
+    /// Append `events` as one durable, atomic batch.
+    pub fn append(&mut self, events: &[NewEvent]) -> Result<Appended> {
+        self.go(Batch::Events(events), Mode::Atomic)
+    }
+
+    /// Append `events` durably; through a server they may be split into several atomic batches
+    /// (each within its line limit). The range returned spans them all.
+    pub fn append_chunk(&mut self, events: &[NewEvent]) -> Result<Appended> {
+        self.go(Batch::Events(events), Mode::Split)
+    }
+
+    /// Append `events` as one atomic batch only if the log's next seq is `next_seq` when it is
+    /// appended; otherwise nothing is appended and the error is [`Error::Conflict`] with the seq
+    /// the log is at.
+    pub fn append_if(&mut self, next_seq: u64, events: &[NewEvent]) -> Result<Appended> {
+        self.go(Batch::Events(events), Mode::If(next_seq))
+    }
+
+    /// [`Appender::append`] (or, with `if_next_seq`, [`Appender::append_if`]) for payloads
+    /// already encoded with `codec::encode`.
+    pub fn append_encoded(
+        &mut self,
+        payloads: &[&[u8]],
+        if_next_seq: Option<u64>,
+    ) -> Result<Appended> {
+        let mode = if_next_seq.map_or(Mode::Atomic, Mode::If);
+        self.go(Batch::Encoded(payloads), mode)
+    }
+
+    /// [`Appender::append_chunk`] for payloads already encoded with `codec::encode`.
+    pub fn append_encoded_chunk(&mut self, payloads: &[&[u8]]) -> Result<Appended> {
+        self.go(Batch::Encoded(payloads), Mode::Split)
+    }
+
+    /// Whether the last append went through a server.
+    pub fn via_server(&self) -> bool {
+        self.server.is_some()
+    }
+
+    fn connect(&mut self) -> Result<bool> {
+        if self.server.is_none() {
+            self.server = client::connect_store(&self.store.root, client::DEFAULT_TIMEOUT)?;
+        }
+        Ok(self.server.is_some())
+    }
+
+    fn through_server(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Outcome> {
+        let envs = batch.envelopes()?;
+        let c = self.server.as_mut().expect("connected");
+        let r = match mode {
+            Mode::Atomic => c.append_envelopes(&envs, None),
+            Mode::If(n) => c.append_envelopes(&envs, Some(n)),
+            Mode::Split => c.append_split_envelopes(&envs),
+        };
+        match r {
+            Ok(a) => Ok(Outcome::Done(a)),
+            // A server that stopped before reading the rest did not append it: the lock is
+            // (about to be) free, so the rest goes in directly.
+            Err(ServeError::ShutDown {
+                appended,
+                first_seq,
+                ..
+            }) if mode == Mode::Split || appended == 0 => {
+                tracing::info!("zolog serve stopped; appending the rest directly");
+                self.server = None;
+                Ok(Outcome::Partly(appended, first_seq))
+            }
+            Err(ServeError::Conflict { expected, actual }) => {
+                Err(Error::Conflict { expected, actual })
+            }
+            Err(e) => {
+                self.server = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn go(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Appended> {
+        if batch.len() == 0 {
+            return Err(LogError::EmptyBatch.into());
+        }
+        let mut done = 0;
+        let mut first = None;
+        if self.connect()? {
+            match self.through_server(batch, mode)? {
+                Outcome::Done(a) => return Ok(a),
+                Outcome::Partly(n, f) => {
+                    done = n;
+                    first = f;
+                }
+            }
+        }
+        let rest = batch.skip(done);
+        let r = match self.store.log.writer() {
+            Ok(mut w) => {
+                if let Mode::If(expected) = mode
+                    && w.next_seq() != expected
+                {
+                    return Err(Error::Conflict {
+                        expected,
+                        actual: w.next_seq(),
+                    });
+                }
+                w.append(&rest.payloads())?
+            }
+            Err(LogError::Locked { holder, waited }) => {
+                if self.connect()? {
+                    match self.through_server(rest, mode)? {
+                        Outcome::Done(a) => a,
+                        Outcome::Partly(..) => {
+                            return Err(Error::Invalid(
+                                "zolog serve stopped twice during one append; the log holds part of it (check with `zolog log`)".into(),
+                            ));
+                        }
+                    }
+                } else {
+                    return Err(LogError::Locked { holder, waited }.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Appended {
+            first_seq: first.unwrap_or(r.first_seq),
+            last_seq: r.last_seq,
+        })
+    }
+}
+
+enum Outcome {
+    Done(Appended),
+    /// The server stopped after appending this many events (a prefix), the first at this seq.
+    Partly(usize, Option<u64>),
 }
 
 /// Drive a log reader, decoding each record into an event.

@@ -347,6 +347,8 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
     let mut rejected = 0u64;
     let mut first_seq = None;
     let mut last_seq = None;
+    // Under the writer lock, or through `zolog serve` while one holds it.
+    let mut appender = store.appender();
     let mut input_error = None;
     // Blocks whose events are not appended yet; `--atomic` keeps them all until the end.
     let mut pending: Vec<Parsed> = Vec::new();
@@ -367,7 +369,7 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
             continue;
         }
         if events > 0 {
-            let r = append_blocks(&store, &pending)?;
+            let r = append_blocks(&mut appender, &pending, false)?;
             appended += events as u64;
             first_seq.get_or_insert(r.first_seq);
             last_seq = Some(r.last_seq);
@@ -393,7 +395,7 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
                 "zolog: {rejected} line(s) rejected; nothing appended (--atomic)"
             );
         } else if events > 0 {
-            let r = append_blocks(&store, &pending)?;
+            let r = append_blocks(&mut appender, &pending, true)?;
             appended = events as u64;
             first_seq = Some(r.first_seq);
             last_seq = Some(r.last_seq);
@@ -431,10 +433,19 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
 
 /// Append the events of `blocks` as one batch, under the lock for just that batch (so other
 /// writers interleave at batch boundaries).
-fn append_blocks(store: &Store, blocks: &[Parsed]) -> Result<crate::log::Appended> {
+/// Append the events of `blocks`: as one atomic batch with `atomic`, otherwise as durable chunks
+/// (one batch under the lock; a server may split it).
+fn append_blocks(
+    appender: &mut crate::store::Appender<'_>,
+    blocks: &[Parsed],
+    atomic: bool,
+) -> Result<crate::log::Appended> {
     let batch: Vec<&[u8]> = blocks.iter().flat_map(Parsed::payloads).collect();
-    let mut w = store.writer()?;
-    Ok(w.append(&batch)?)
+    if atomic {
+        appender.append_encoded(&batch, None)
+    } else {
+        appender.append_encoded_chunk(&batch)
+    }
 }
 
 /// Report a parsed block's rejected lines and input error.

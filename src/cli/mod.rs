@@ -9,6 +9,7 @@ mod logcmd;
 mod projection;
 mod run;
 mod schemacmd;
+mod serve;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -81,6 +82,9 @@ pub enum Command {
     /// The demo's simulated trainer (run by `zolog demo`).
     #[command(name = "__demo-trainer", hide = true)]
     DemoTrainer(run::DemoTrainerArgs),
+    /// Hold the store and take appends from many clients over `.zo/serve.sock` (and, with --tcp,
+    /// a loopback port), with group commit. See docs/serve.md.
+    Serve(serve::ServeArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -159,6 +163,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Run(a) => run::run(ctx, a),
         Command::Demo(a) => run::demo(a),
         Command::DemoTrainer(a) => run::demo_trainer(a),
+        Command::Serve(a) => serve::serve(ctx, a),
     }
 }
 

@@ -15,4 +15,5 @@ mod projections;
 mod roundtrip;
 mod run;
 mod schemas;
+mod serve;
 mod torn_tail;
