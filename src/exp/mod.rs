@@ -8,39 +8,48 @@ use crate::error::{Error, Result};
 use crate::event::{
     ExpId, ExperimentMinted, ExperimentStatus, ExperimentStatusChanged, Metrics, NewEvent,
     NextIdea, NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload, PrimaryMetric,
-    ResultRecorded, Source, SourceKind, Timestamp, codec,
+    ResultRecorded, Source, SourceKind, Timestamp,
 };
 use crate::log::Appended;
 use crate::project::{self, State};
 use crate::store::Store;
 
-/// Under the writer lock: fold the log to its end, let `decide` check the request against that
-/// state and say what to append, append it as one batch, then refresh the projections (going on
-/// from the state already folded). Holding the lock while deciding makes check-then-append atomic
-/// (two mints never get the same id). Returns the state the projection files then show.
+/// Fold the log to its end, let `decide` check the request against that state and say what to
+/// append, and append it only if the log has not moved since (compare-and-append on the next seq:
+/// under the writer lock, or through `zolog serve` while one holds it); when it has moved, fold
+/// again and decide again. So check-then-append is atomic (two mints never get the same id), with
+/// or without a server. Then refresh the projections from the state already folded. Returns the
+/// state the projection files then show.
 pub fn append_checked<T>(
     store: &Store,
-    decide: impl FnOnce(&State) -> Result<(Vec<NewEvent>, T)>,
+    mut decide: impl FnMut(&State) -> Result<(Vec<NewEvent>, T)>,
 ) -> Result<(Option<Appended>, T, State)> {
-    let mut writer = store.writer()?;
-    let current = project::load(store)?;
-    let (events, out) = decide(current.state())?;
-    if events.is_empty() {
-        drop(writer);
-        let (_, current) = project::refresh_from(store, current)?;
-        return Ok((None, out, current.into_state()));
+    const TRIES: usize = 64;
+    let mut appender = store.appender();
+    for _ in 0..TRIES {
+        let current = project::load(store)?;
+        let (events, out) = decide(current.state())?;
+        if events.is_empty() {
+            let (_, current) = project::refresh_from(store, current)?;
+            return Ok((None, out, current.into_state()));
+        }
+        let a = match appender.append_if(current.next_seq(), &events) {
+            Ok(a) => a,
+            Err(Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        return match project::refresh_from(store, current) {
+            Ok((_, current)) => Ok((Some(a), out, current.into_state())),
+            Err(e) => Err(Error::Invalid(format!(
+                "appended seq {}..={}, but updating the projection files failed: {e}; the log is \
+                 intact: the next command, or `zolog rebuild`, brings the files up to date",
+                a.first_seq, a.last_seq
+            ))),
+        };
     }
-    let payloads: Vec<Vec<u8>> = events.iter().map(codec::encode).collect();
-    let a = writer.append(&payloads)?;
-    drop(writer);
-    match project::refresh_from(store, current) {
-        Ok((_, current)) => Ok((Some(a), out, current.into_state())),
-        Err(e) => Err(Error::Invalid(format!(
-            "appended seq {}..={}, but updating the projection files failed: {e}; the log is \
-             intact: the next command, or `zolog rebuild`, brings the files up to date",
-            a.first_seq, a.last_seq
-        ))),
-    }
+    Err(Error::Invalid(format!(
+        "other writers appended before every one of {TRIES} attempts; try again"
+    )))
 }
 
 fn cli_event(payload: Payload) -> NewEvent {
@@ -136,7 +145,7 @@ pub fn set_next(store: &Store, id: &ExpId, ideas: Vec<NextIdea>) -> Result<()> {
         require(state, id)?;
         let ev = cli_event(Payload::NextIdeasRecorded(NextIdeasRecorded {
             experiment_id: id.clone(),
-            ideas,
+            ideas: ideas.clone(),
         }));
         Ok((vec![ev], ()))
     })

@@ -244,6 +244,11 @@ impl Current {
         &self.0.state
     }
 
+    /// The seq the next appended event gets if nothing was appended since this state was folded.
+    pub fn next_seq(&self) -> u64 {
+        self.0.covers.as_ref().map_or(1, |c| c.seq + 1)
+    }
+
     pub fn into_state(self) -> State {
         self.0.state
     }

@@ -634,8 +634,28 @@ fn writing_commands_go_through_a_running_server() {
     let (ok, out, _) = run(&["log", "--since", "2004"], String::new());
     assert!(ok);
     assert_eq!(out.lines().count(), 3);
+    // Experiment commands check-then-append through the server too (compare-and-append on the
+    // next seq), instead of failing on the lock.
+    let (ok, out, err) = run(
+        &["exp", "mint", "--hypothesis", "via the server"],
+        String::new(),
+    );
+    assert!(ok && out.trim() == "exp-001", "{out}{err}");
+    let (ok, out, err) = run(&["exp", "mint", "--parent", "exp-001"], String::new());
+    assert!(ok && out.trim() == "exp-002", "{out}{err}");
+    let (ok, out, err) = run(
+        &[
+            "note",
+            "exp-002",
+            "--section",
+            "mechanism",
+            "noted via the server",
+        ],
+        String::new(),
+    );
+    assert!(ok, "{out}{err}");
     let report = server.stop().unwrap();
-    assert_eq!(report.events, 2 + 2000 + 2 + 1);
+    assert_eq!(report.events, 2 + 2000 + 2 + 1 + 3);
     // Atomic batches too large for one line are refused whole, with the reason.
     let server = serve::start(
         store.clone(),
