@@ -12,6 +12,7 @@ pub mod event;
 pub mod exp;
 pub mod ingest;
 pub mod log;
+pub mod plot;
 pub mod project;
 pub mod schema;
 pub mod store;

@@ -6,6 +6,7 @@ mod checkpoint;
 mod exp;
 mod ingest;
 mod logcmd;
+mod plotcmd;
 mod projection;
 mod schemacmd;
 
@@ -72,6 +73,8 @@ pub enum Command {
     Watch(checkcmd::WatchArgs),
     /// Explain why an experiment's run ended, replaying the checker's decisions from the log.
     Audit(checkcmd::AuditArgs),
+    /// Draw an experiment's metrics over epochs as SVG, with alerts, checkpoints and the kill.
+    Plot(plotcmd::PlotArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -147,6 +150,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Resume(a) => checkpoint::resume(ctx, a),
         Command::Watch(a) => checkcmd::watch(ctx, a),
         Command::Audit(a) => checkcmd::audit(ctx, a),
+        Command::Plot(a) => plotcmd::plot(ctx, a),
     }
 }
 

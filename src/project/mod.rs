@@ -7,6 +7,7 @@
 
 pub mod checklist;
 pub mod checkpoint;
+pub mod curve;
 pub mod diagnosis;
 pub mod files;
 pub mod fmt;
@@ -303,6 +304,13 @@ fn write(store: &Store, folded: Folded) -> Result<Report> {
                     path: dir.join("diagnosis.md"),
                     bytes: diagnosis::render_diagnosis(e).into_bytes(),
                 });
+                if crate::plot::has_samples(e) {
+                    let metrics = crate::plot::default_metrics(e);
+                    jobs.push(Job {
+                        path: dir.join(diagnosis::CURVES_FILE),
+                        bytes: crate::plot::render(e, &metrics)?.into_bytes(),
+                    });
+                }
             }
             if e.has_next {
                 jobs.push(Job {

@@ -113,7 +113,7 @@ fn instantiate(args: &[String]) -> Vec<String> {
         if a.is_empty() {
             continue;
         }
-        let placeholder = a.len() > 0
+        let placeholder = !a.is_empty()
             && a.chars()
                 .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
             && a.chars().next().is_some_and(|c| c.is_ascii_uppercase());

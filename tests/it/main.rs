@@ -14,4 +14,5 @@ mod log_faults;
 mod projections;
 mod roundtrip;
 mod schemas;
+mod see;
 mod torn_tail;
