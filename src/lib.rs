@@ -16,5 +16,6 @@ pub mod plot;
 pub mod project;
 pub mod schema;
 pub mod store;
+pub mod tui;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use zolog::event::{
     AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, ExpId, ExperimentMinted, Json,
@@ -302,4 +303,169 @@ fn experiments_without_epochs_get_no_curves() {
 fn demo_plot() {
     let p = broken_run();
     p.run_ok(&["plot", "exp-001", "--out", "/tmp/see-demo.svg"]);
+}
+
+/// A private tmux server (its own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c
+    }
+
+    /// A detached session of a fixed size running `shell_cmd`.
+    fn start(shell_cmd: &str, width: u16, height: u16) -> Tmux {
+        let t = Tmux {
+            socket: format!("zolog-see-{}", std::process::id()),
+        };
+        let st = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "see", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .arg(shell_cmd)
+            .env("TERM", "xterm-256color")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tmux new-session failed");
+        t
+    }
+
+    fn capture(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "see"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn send(&self, keys: &str) {
+        let st = self
+            .cmd()
+            .args(["send-keys", "-t", "see", keys])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait (bounded) until the pane shows what `f` wants; returns the screen.
+    #[track_caller]
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.capture();
+            if f(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the pane shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn watch_shows_a_live_panel_in_a_real_terminal_and_q_exits_cleanly() {
+    if !Tmux::available() {
+        println!(
+            "SKIPPED watch_shows_a_live_panel_in_a_real_terminal_and_q_exits_cleanly: tmux is not \
+             installed (install it with `apt-get install -y tmux`)"
+        );
+        return;
+    }
+    let p = Proj::new();
+    for e in 0..8u64 {
+        let loss = if e == 6 {
+            f64::NAN
+        } else {
+            2.0 / (e as f64 + 1.0)
+        };
+        p.epoch(e, loss, 1.0 + e as f64 * 0.1);
+        if e == 4 {
+            p.checkpoint(e);
+        }
+    }
+    let cmd = format!(
+        "{} --store {} watch exp-001; echo \"EXITED $?\"; sleep 60",
+        sh_quote(BIN),
+        sh_quote(p.root.to_str().unwrap())
+    );
+    let t = Tmux::start(&cmd, 120, 40);
+    let screen = t.wait_for(
+        "the panel with the epoch and the NaN alert",
+        Duration::from_secs(60),
+        |s| s.contains("epoch 7 of 40") && s.contains("nan_inf") && s.contains("[STOP]"),
+    );
+    assert!(screen.contains("exp-001 (tft-small)"), "{screen}");
+    assert!(screen.contains("train_loss"), "{screen}");
+    assert!(
+        screen.contains("grad_norm") && screen.contains("learning_rate"),
+        "{screen}"
+    );
+    assert!(
+        screen.chars().any(|c| ('▁'..='█').contains(&c)),
+        "no sparkline in:\n{screen}"
+    );
+    assert!(
+        screen.contains("×"),
+        "the NaN is marked in the sparkline:\n{screen}"
+    );
+    assert!(screen.contains("checkpoints: 1 taken"), "{screen}");
+    // ETA from event times: 32 epochs left at the pace since the start (79 s for 8 epochs).
+    assert!(screen.contains("ETA 5m16s"), "{screen}");
+    // A new epoch redraws the panel in place.
+    p.epoch(8, 0.2, 1.8);
+    t.wait_for("epoch 8 on the panel", Duration::from_secs(30), |s| {
+        s.contains("epoch 8 of 40")
+    });
+    // A resize redraws the panel at the new size.
+    let st = t
+        .cmd()
+        .args(["resize-window", "-t", "see", "-x", "90", "-y", "30"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    t.wait_for(
+        "the panel redrawn at 90 columns",
+        Duration::from_secs(30),
+        |s| {
+            let first = s.lines().next().unwrap_or("");
+            first.starts_with('┌') && first.chars().count() == 90 && s.contains("epoch 8 of 40")
+        },
+    );
+    t.send("q");
+    let after = t.wait_for("zolog watch to exit", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    });
+    // Exit status 2: the experiment has a stop alert; the terminal is back (the panel is gone).
+    assert!(after.contains("EXITED 2"), "{after}");
+    assert!(
+        !after.contains("[STOP]"),
+        "the panel was left on screen:\n{after}"
+    );
 }
