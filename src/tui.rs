@@ -638,12 +638,14 @@ fn show(
                 Msg::Note(line) => panel.note(line),
                 Msg::Done(r) => {
                     let why = match &r {
+                        // Stopped by a signal, or failed (unknown experiment, bad log): leave
+                        // the panel; the error is reported once the terminal is restored.
                         Ok(rep) if rep.end == WatchEnd::Shutdown => return Ok(Some(r)),
+                        Err(_) => return Ok(Some(r)),
                         Ok(rep) if rep.end == WatchEnd::RunEnded => {
                             "the run ended: watch over; press q to quit".to_owned()
                         }
                         Ok(_) => "watch over; press q to quit".to_owned(),
-                        Err(e) => format!("the watcher stopped: {e}; press q to quit"),
                     };
                     panel.watch_ended(why);
                     report = Some(r);
@@ -673,5 +675,121 @@ fn show(
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AlertRaised, EpochEnded, Metrics, Source, SourceKind, TrainingStarted};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    fn ev(seq: u64, secs: i64, payload: Payload) -> Event {
+        Event {
+            seq,
+            time: Timestamp(secs * 1_000_000_000),
+            appended: None,
+            source: Source {
+                kind: SourceKind::Trainer,
+                pid: None,
+                host: None,
+            },
+            payload,
+        }
+    }
+
+    fn panel() -> Panel {
+        let exp = ExpId::parse("exp-001").unwrap();
+        let mut p = Panel::new(exp.clone(), MonitorConfig::default());
+        p.observe(&ev(
+            1,
+            0,
+            Payload::TrainingStarted(TrainingStarted {
+                experiment_id: exp.clone(),
+                experiment_name: Some("m".into()),
+                pid: None,
+                host: None,
+                total_epochs: Some(10),
+                config: Default::default(),
+            }),
+        ));
+        for e in 0..4u64 {
+            let loss = if e == 2 {
+                f64::NAN
+            } else {
+                1.0 / (e as f64 + 1.0)
+            };
+            p.observe(&ev(
+                2 + e,
+                10 * (e as i64 + 1),
+                Payload::EpochEnded(EpochEnded {
+                    experiment_id: exp.clone(),
+                    epoch: e,
+                    step: None,
+                    metrics: Metrics(vec![("train_loss".into(), loss), ("acc".into(), 0.5)]),
+                    learning_rate: Some(0.1),
+                    wall_time_seconds: None,
+                    gpu_memory_mb: None,
+                }),
+            ));
+        }
+        p.observe(&ev(
+            9,
+            45,
+            Payload::AlertRaised(AlertRaised {
+                experiment_id: exp,
+                rule: "nan_inf".into(),
+                severity: Severity::Stop,
+                epoch: Some(2),
+                observed: Metrics(vec![("train_loss".into(), f64::NAN)]),
+                thresholds: Metrics::new(),
+                evidence_seqs: vec![],
+                config_seq: None,
+                message: "NaN".into(),
+                likely_cause: String::new(),
+                recommended_action: String::new(),
+            }),
+        ));
+        p
+    }
+
+    #[test]
+    fn eta_comes_from_event_times_and_only_monitored_metrics_get_a_sparkline() {
+        let p = panel();
+        // 4 epochs in 40 s from the start; 6 epochs left.
+        assert_eq!(p.seconds_per_epoch(), Some(10.0));
+        assert_eq!(p.eta(), Some(60.0));
+        let names: Vec<&str> = p.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["train_loss"]);
+        assert_eq!(p.series[0].best, Some((3, 0.25)));
+        assert_eq!(p.series[0].bars(10)[2], None, "NaN is an absent bar");
+        assert_eq!(human_duration(3725.0), "1h02m");
+        assert_eq!(human_duration(200.0), "3m20s");
+    }
+
+    #[test]
+    fn the_panel_draws_at_any_size_without_panicking() {
+        let p = panel();
+        for (w, h) in [(1, 1), (10, 3), (40, 12), (80, 24), (200, 60)] {
+            let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+            t.draw(|f| p.render(f, Timestamp(50_000_000_000))).unwrap();
+        }
+        let mut t = Terminal::new(TestBackend::new(100, 24)).unwrap();
+        t.draw(|f| p.render(f, Timestamp(50_000_000_000))).unwrap();
+        let screen: String = t
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        assert!(screen.contains("epoch 3 of 10"), "{screen}");
+        assert!(screen.contains("ETA 1m00s"), "{screen}");
+        assert!(
+            screen.contains("[STOP]") && screen.contains("nan_inf"),
+            "{screen}"
+        );
+        assert!(screen.contains("×"), "{screen}");
     }
 }

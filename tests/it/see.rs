@@ -299,6 +299,51 @@ fn experiments_without_epochs_get_no_curves() {
 }
 
 #[test]
+fn watch_in_a_terminal_with_plain_prints_lines_and_errors_restore_the_terminal() {
+    if !Tmux::available() {
+        println!(
+            "SKIPPED watch_in_a_terminal_with_plain_prints_lines_and_errors_restore_the_terminal: \
+             tmux is not installed (install it with `apt-get install -y tmux`)"
+        );
+        return;
+    }
+    let p = Proj::new();
+    p.epoch(0, f64::NAN, 1.0);
+    let root = sh_quote(p.root.to_str().unwrap());
+    // --plain on a terminal: lines, no panel; --once returns.
+    let cmd = format!(
+        "{} --store {root} watch exp-001 --plain --once; echo \"EXITED $?\"; sleep 60",
+        sh_quote(BIN)
+    );
+    let t = Tmux::start(&cmd, 100, 30);
+    let screen = t.wait_for("the plain watch to exit", Duration::from_secs(60), |s| {
+        s.contains("EXITED")
+    });
+    assert!(screen.contains("EXITED 2"), "{screen}");
+    assert!(screen.contains("nan_inf"), "{screen}");
+    assert!(
+        !screen.contains("q quit"),
+        "no panel with --plain:\n{screen}"
+    );
+    drop(t);
+    // An unknown experiment: the error is printed on the restored terminal, exit status 1.
+    let cmd = format!(
+        "{} --store {root} watch exp-009; echo \"EXITED $?\"; sleep 60",
+        sh_quote(BIN)
+    );
+    let t = Tmux::start(&cmd, 100, 30);
+    let screen = t.wait_for("the failed watch to exit", Duration::from_secs(60), |s| {
+        s.contains("EXITED")
+    });
+    assert!(screen.contains("EXITED 1"), "{screen}");
+    assert!(screen.contains("exp-009"), "{screen}");
+    assert!(
+        !screen.contains("q quit"),
+        "the panel was left on screen:\n{screen}"
+    );
+}
+
+#[test]
 #[ignore = "writes /tmp/see-demo.svg for a look"]
 fn demo_plot() {
     let p = broken_run();
@@ -326,8 +371,10 @@ impl Tmux {
 
     /// A detached session of a fixed size running `shell_cmd`.
     fn start(shell_cmd: &str, width: u16, height: u16) -> Tmux {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = Tmux {
-            socket: format!("zolog-see-{}", std::process::id()),
+            socket: format!("zolog-see-{}-{n}", std::process::id()),
         };
         let st = t
             .cmd()
