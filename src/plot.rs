@@ -171,7 +171,19 @@ pub fn render(e: &Experiment, metrics: &[String]) -> Result<String> {
     // The x axis: every epoch shown anywhere.
     let epochs = series
         .iter()
-        .flat_map(|(_, c)| c.buckets.iter().flat_map(|b| [b.first, b.last]))
+        .flat_map(|(_, c)| {
+            c.buckets.iter().flat_map(|b| {
+                [
+                    Some(b.first),
+                    Some(b.last),
+                    b.min.map(|m| m.0),
+                    b.max.map(|m| m.0),
+                ]
+                .into_iter()
+                .chain([b.nonfinite.map(|m| m.0)])
+                .flatten()
+            })
+        })
         .chain(alerts.iter().map(|a| a.0))
         .chain(ticks.iter().map(|t| t.0))
         .chain(kill);
@@ -180,11 +192,12 @@ pub fn render(e: &Experiment, metrics: &[String]) -> Result<String> {
         (x0, x1) = (0, 1);
     }
     // Room on the right for the markers of the last epoch.
-    let (x0, x1) = if x0 == x1 {
-        (x0 as f64 - 1.0, x1 as f64 + 1.0)
-    } else {
-        (x0 as f64, x1 as f64 + ((x1 - x0) as f64 * 0.03).max(0.5))
-    };
+    let (mut x0, mut x1) = (x0 as f64, x1 as f64 + ((x1 - x0) as f64 * 0.03).max(0.5));
+    if x1 <= x0 {
+        // Epochs so large that f64 cannot tell them apart.
+        let pad = (x0.abs() * 1e-6).max(1.0);
+        (x0, x1) = (x0 - pad, x1 + pad);
+    }
 
     // The footer: what the markers mean, and the alerts.
     let mut footer = vec![
@@ -292,16 +305,16 @@ fn y_range(c: &Curve) -> (f64, f64) {
     if lo > hi {
         return (0.0, 1.0);
     }
+    // Keep the span finite (values beyond are clipped at the edge).
+    const LIMIT: f64 = f64::MAX / 4.0;
+    let (lo, hi) = (lo.max(-LIMIT), hi.min(LIMIT));
     if lo == hi {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         return (lo - pad, hi + pad);
     }
     let pad = (hi - lo) * 0.05;
-    if pad.is_finite() && (lo - pad).is_finite() && (hi + pad).is_finite() {
-        (lo - pad, hi + pad)
-    } else {
-        (lo, hi)
-    }
+    let (a, b) = (lo - pad, hi + pad);
+    if b > a { (a, b) } else { (lo - 1.0, hi + 1.0) }
 }
 
 fn panel(
@@ -432,4 +445,88 @@ fn panel(
             .map_err(plot_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        EpochEnded, Event, ExpId, ExperimentMinted, Metrics, Payload, Source, SourceKind, Timestamp,
+    };
+    use crate::project::{State, apply};
+
+    fn state(samples: &[(u64, f64)]) -> State {
+        let id = ExpId::parse("exp-001").unwrap();
+        let mut s = State::new();
+        let ev = |seq: u64, payload| Event {
+            seq,
+            time: Timestamp(seq as i64),
+            appended: None,
+            source: Source {
+                kind: SourceKind::Trainer,
+                pid: None,
+                host: None,
+            },
+            payload,
+        };
+        apply(
+            &mut s,
+            &ev(
+                1,
+                Payload::ExperimentMinted(ExperimentMinted {
+                    experiment_id: id.clone(),
+                    parent_id: None,
+                    phase: "p".into(),
+                    hypothesis: String::new(),
+                    rationale: String::new(),
+                }),
+            ),
+        );
+        for (i, &(epoch, v)) in samples.iter().enumerate() {
+            apply(
+                &mut s,
+                &ev(
+                    2 + i as u64,
+                    Payload::EpochEnded(EpochEnded {
+                        experiment_id: id.clone(),
+                        epoch,
+                        step: None,
+                        metrics: Metrics(vec![("loss".into(), v)]),
+                        learning_rate: None,
+                        wall_time_seconds: None,
+                        gpu_memory_mb: None,
+                    }),
+                ),
+            );
+        }
+        s
+    }
+
+    fn draws(samples: &[(u64, f64)]) -> String {
+        let s = state(samples);
+        let e = &s.experiments[0];
+        let svg = render(e, &default_metrics(e)).expect("drawn");
+        roxmltree::Document::parse(&svg).expect("valid XML");
+        assert_eq!(
+            svg,
+            render(e, &default_metrics(e)).unwrap(),
+            "deterministic"
+        );
+        svg
+    }
+
+    #[test]
+    fn extreme_and_degenerate_series_still_draw() {
+        draws(&[(0, 1.0)]);
+        draws(&[(0, f64::NAN)]);
+        draws(&[(0, f64::NAN), (1, f64::INFINITY), (2, f64::NEG_INFINITY)]);
+        draws(&[(0, 0.0), (1, 0.0)]);
+        draws(&[(0, f64::MAX), (1, -f64::MAX), (2, 5e-324)]);
+        draws(&[(0, 1e-300), (1, 2e-300)]);
+        draws(&[(u64::MAX - 1, 1.0), (u64::MAX, 2.0)]);
+        draws(&[(5, 1.0), (3, 2.0), (5, 0.5)]);
+        let many: Vec<(u64, f64)> = (0..5000).map(|e| (e, (e as f64).sin())).collect();
+        let svg = draws(&many);
+        assert!(svg.len() < 200_000, "a bounded plot: {} bytes", svg.len());
+    }
 }

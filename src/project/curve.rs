@@ -207,6 +207,20 @@ mod tests {
     }
 
     #[test]
+    fn buckets_round_trip_through_the_checkpoint_even_when_epochs_go_back() {
+        use crate::project::wire::{Dec, Wire};
+        let mut c = Curve::default();
+        // A resumed run: epochs restart, and one sample sits at the largest epoch there is.
+        for e in (0..300u64).chain(0..300).chain([u64::MAX, 0]) {
+            c.add(e, if e == 7 { f64::INFINITY } else { e as f64 });
+        }
+        let mut out = Vec::new();
+        c.put(&mut out);
+        let back = Curve::get(&mut Dec::new(&out)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+    }
+
+    #[test]
     fn thinned_items_stay_bounded_at_a_stride() {
         let mut t = Thinned::default();
         for i in 0..1000u64 {

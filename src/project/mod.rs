@@ -306,10 +306,14 @@ fn write(store: &Store, folded: Folded) -> Result<Report> {
                 });
                 if crate::plot::has_samples(e) {
                     let metrics = crate::plot::default_metrics(e);
-                    jobs.push(Job {
-                        path: dir.join(diagnosis::CURVES_FILE),
-                        bytes: crate::plot::render(e, &metrics)?.into_bytes(),
-                    });
+                    match crate::plot::render(e, &metrics) {
+                        Ok(svg) => jobs.push(Job {
+                            path: dir.join(diagnosis::CURVES_FILE),
+                            bytes: svg.into_bytes(),
+                        }),
+                        // A plot that cannot be drawn must not hold back the other files.
+                        Err(err) => tracing::warn!("{}: curves.svg not drawn: {err}", e.id),
+                    }
                 }
             }
             if e.has_next {

@@ -367,9 +367,11 @@ impl<T: Wire> Wire for Thinned<T> {
 /// one-sample finite bucket's single value once.
 impl Wire for Bucket {
     fn put(&self, out: &mut Vec<u8>) {
+        // Offsets wrap and are zigzag-signed: epochs may go back (a resumed run).
+        let off = |e: u64| e.wrapping_sub(self.first) as i64;
         self.n.put(out);
         self.first.put(out);
-        (self.last - self.first).put(out);
+        off(self.last).put(out);
         let same = self.min == self.max;
         let flags = u8::from(self.min.is_some())
             | u8::from(self.max.is_some() && !same) << 1
@@ -379,16 +381,14 @@ impl Wire for Bucket {
             .into_iter()
             .flatten()
         {
-            (e - self.first).put(out);
+            off(e).put(out);
             v.put(out);
         }
     }
     fn get(d: &mut Dec<'_>) -> R<Bucket> {
         let n = u64::get(d)?;
         let first = u64::get(d)?;
-        let last = first
-            .checked_add(u64::get(d)?)
-            .ok_or_else(|| WireError("bucket epoch overflow".into()))?;
+        let last = first.wrapping_add(i64::get(d)? as u64);
         let flags = d.byte()?;
         if flags > 7 {
             return Err(WireError(format!("bad bucket flags {flags}")));
@@ -397,9 +397,7 @@ impl Wire for Bucket {
             if !on {
                 return Ok(None);
             }
-            let e = first
-                .checked_add(u64::get(d)?)
-                .ok_or_else(|| WireError("bucket epoch overflow".into()))?;
+            let e = first.wrapping_add(i64::get(d)? as u64);
             Ok(Some((e, f64::get(d)?)))
         };
         let min = point(flags & 1 != 0)?;
