@@ -11,7 +11,7 @@
 //! then every second one, every fourth, and so on.
 
 /// Buckets (or thinned items) kept at most.
-pub const CAP: usize = 256;
+pub const CAP: usize = 128;
 
 /// One bucket: `n` consecutive samples, from epoch `first` to epoch `last`.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,8 +227,8 @@ mod tests {
             t.add(i);
             assert!(t.items.len() <= CAP);
         }
-        assert_eq!(t.stride, 4);
-        assert!(t.items.iter().all(|i| i % 4 == 0));
+        assert_eq!(t.stride, 8);
+        assert!(t.items.iter().all(|i| i % 8 == 0));
         assert_eq!(t.items[0], 0);
     }
 }

@@ -516,3 +516,17 @@ fn watch_shows_a_live_panel_in_a_real_terminal_and_q_exits_cleanly() {
         "the panel was left on screen:\n{after}"
     );
 }
+
+#[test]
+#[ignore = "prints the projection checkpoint's size for one long run"]
+fn checkpoint_size_of_a_long_run() {
+    let p = Proj::new();
+    for e in 0..1000u64 {
+        p.epoch(e, 1.0 / (e as f64 + 1.0), 1.0);
+    }
+    zolog::project::refresh(&p.store).unwrap();
+    let n = std::fs::metadata(p.store.state_dir().join("projections.ckpt"))
+        .unwrap()
+        .len();
+    println!("checkpoint: {n} bytes");
+}
