@@ -13,10 +13,12 @@ pub mod event;
 pub mod exp;
 pub mod ingest;
 pub mod log;
+pub mod plot;
 pub mod project;
 pub mod run;
 pub mod schema;
 pub mod serve;
 pub mod store;
+pub mod tui;
 
 pub use error::{Error, Result};

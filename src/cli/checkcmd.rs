@@ -1,6 +1,6 @@
 //! `zolog watch` and `zolog audit`: the training checker.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use crate::checker::watch::{WatchOptions, Watcher, describe};
 use crate::checker::{CheckerConfig, audit};
 use crate::error::{Error, Result};
 use crate::event::ExpId;
+use crate::tui::Panel;
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -34,6 +35,9 @@ pub struct WatchArgs {
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// One line per event instead of the live panel (the default when stdout is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// Exit status of `zolog watch` when the experiment has a stop alert (raised now or before).
@@ -62,14 +66,22 @@ pub fn watch(ctx: &Ctx, a: WatchArgs) -> Result<ExitCode> {
         once: a.once,
         ..WatchOptions::default()
     };
-    let watcher = Watcher::new(store, a.exp, config)
-        .options(opts)
-        .on_event(|ev| {
-            if let Some(line) = describe(&ev) {
-                // A closed stdout must not stop the watcher from protecting the run.
-                let _ = out(&mut io::stdout().lock(), format_args!("{line}\n"));
-            }
+    let watcher = Watcher::new(store.clone(), a.exp.clone(), config.clone()).options(opts);
+    if !a.plain && !a.once && io::stdout().is_terminal() {
+        let panel = Panel::new(a.exp, config.monitor.clone()).kill_enabled(a.kill);
+        let report = crate::tui::watch(&store, panel, watcher)?;
+        return Ok(if report.has_stop() {
+            ExitCode::from(EXIT_STOP_ALERT)
+        } else {
+            ExitCode::SUCCESS
         });
+    }
+    let watcher = watcher.on_event(|ev| {
+        if let Some(line) = describe(&ev) {
+            // A closed stdout must not stop the watcher from protecting the run.
+            let _ = out(&mut io::stdout().lock(), format_args!("{line}\n"));
+        }
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

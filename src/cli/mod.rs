@@ -6,6 +6,7 @@ mod checkpoint;
 mod exp;
 mod ingest;
 mod logcmd;
+mod plotcmd;
 mod projection;
 mod run;
 mod schemacmd;
@@ -85,6 +86,8 @@ pub enum Command {
     /// Hold the store and take appends from many clients over `.zo/serve.sock` (and, with --tcp,
     /// a loopback port), with group commit. See docs/serve.md.
     Serve(serve::ServeArgs),
+    /// Draw an experiment's metrics over epochs as SVG, with alerts, checkpoints and the kill.
+    Plot(plotcmd::PlotArgs),
 }
 
 /// What every command gets: where the store is and how to open it.
@@ -164,6 +167,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<ExitCode> {
         Command::Demo(a) => run::demo(a),
         Command::DemoTrainer(a) => run::demo_trainer(a),
         Command::Serve(a) => serve::serve(ctx, a),
+        Command::Plot(a) => plotcmd::plot(ctx, a),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::log::{Log, RecordPos};
 
 pub const MAGIC: [u8; 8] = *b"ZOPROJCK";
 /// Bump when the state layout or any rendered file's bytes change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const FILE_NAME: &str = "projections.ckpt";
 const PREFIX: usize = 24;
 

@@ -345,8 +345,18 @@ pub fn render_diagnosis(e: &Experiment) -> String {
     mechanism(&mut out, e);
     out.push_str("\n## Recommended next experiment(s)\n");
     recommended(&mut out, e);
+    if crate::plot::has_samples(e) {
+        write!(
+            out,
+            "\n## Curves\n![Metrics over epochs: alerts, checkpoints, the kill point and non-finite values marked]({CURVES_FILE})\n"
+        )
+        .unwrap();
+    }
     out
 }
+
+/// The plot diagnosis.md embeds, written beside it (see `zolog plot`).
+pub const CURVES_FILE: &str = "curves.svg";
 
 /// The bytes of next.md: `## label` sections for labelled ideas (idea first, its details after),
 /// unlabelled ideas as bullets under the title, then notes and the checker's advice.

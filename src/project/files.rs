@@ -12,7 +12,13 @@ use crate::error::{Error, Result};
 
 /// The only file names projections ever write. Trainers' and agents' files (metrics.jsonl,
 /// training_status.json, hypothesis.md, result.md, ...) are never written or deleted.
-pub const OWNED: [&str; 4] = ["registry.json", "CHECKLIST.md", "diagnosis.md", "next.md"];
+pub const OWNED: [&str; 5] = [
+    "registry.json",
+    "CHECKLIST.md",
+    "diagnosis.md",
+    "curves.svg",
+    "next.md",
+];
 
 /// Threads comparing and writing files in a large pass (the work waits on the disk).
 const WRITERS: usize = 8;

@@ -7,6 +7,7 @@
 
 pub mod checklist;
 pub mod checkpoint;
+pub mod curve;
 pub mod diagnosis;
 pub mod files;
 pub mod fmt;
@@ -362,6 +363,17 @@ fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
                     path: dir.join("diagnosis.md"),
                     bytes: diagnosis::render_diagnosis(e).into_bytes(),
                 });
+                if crate::plot::has_samples(e) {
+                    let metrics = crate::plot::default_metrics(e);
+                    match crate::plot::render(e, &metrics) {
+                        Ok(svg) => jobs.push(Job {
+                            path: dir.join(diagnosis::CURVES_FILE),
+                            bytes: svg.into_bytes(),
+                        }),
+                        // A plot that cannot be drawn must not hold back the other files.
+                        Err(err) => tracing::warn!("{}: curves.svg not drawn: {err}", e.id),
+                    }
+                }
             }
             if e.has_next {
                 jobs.push(Job {

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::curve::{Curve, Thinned};
+
 use crate::event::codec::EpochView;
 use crate::event::{
     AlertRaised, CheckpointReason, CheckpointSaved, Event, ExpId, ExperimentMinted,
@@ -81,6 +83,16 @@ pub struct Details {
     /// One aggregate per alert rule, in the order rules first fired.
     pub alerts: Vec<AlertAgg>,
     pub kill: Option<Kill>,
+    /// Alerts with an epoch, for plots (bounded: [`Thinned`]).
+    pub alert_marks: Thinned<AlertMark>,
+}
+
+/// One alert at an epoch: `rule` indexes [`Details::alerts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertMark {
+    pub epoch: u64,
+    pub severity: Severity,
+    pub rule: u32,
 }
 
 /// [`Details`], kept as the checkpoint's bytes until something reads or changes them: listing
@@ -189,6 +201,8 @@ pub struct MetricAgg {
     /// NaN or ±Inf samples, and the first of them.
     pub nonfinite: u64,
     pub first_nonfinite: Option<(u64, f64)>,
+    /// The series itself, bounded (for plots).
+    pub curve: Curve,
 }
 
 impl MetricAgg {
@@ -203,11 +217,17 @@ impl MetricAgg {
             max: fin,
             nonfinite: u64::from(!v.is_finite()),
             first_nonfinite: (!v.is_finite()).then_some((epoch, v)),
+            curve: {
+                let mut c = Curve::default();
+                c.add(epoch, v);
+                c
+            },
         }
     }
 
     fn add(&mut self, epoch: u64, v: f64) {
         self.count += 1;
+        self.curve.add(epoch, v);
         self.last = (epoch, v);
         if v.is_finite() {
             if self.min.is_none_or(|(_, m)| v < m) {
@@ -242,6 +262,8 @@ pub struct LrAgg {
     pub last: (u64, f64),
     pub min: f64,
     pub max: f64,
+    /// The series itself, bounded (for plots).
+    pub curve: Curve,
 }
 
 /// Checkpoints taken: counts by reason, and the latest and best one.
@@ -252,6 +274,8 @@ pub struct Checkpoints {
     pub by_reason: [u64; 6],
     pub last: Option<Ckpt>,
     pub last_best: Option<Ckpt>,
+    /// Epochs of the checkpoints that had one, for plots (bounded: [`Thinned`]).
+    pub ticks: Thinned<(u64, CheckpointReason)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +349,8 @@ pub struct Kill {
     pub alert_seqs: Vec<u64>,
     /// RunKilled events so far.
     pub count: u32,
+    /// The last epoch that had ended when the run was killed.
+    pub epoch: Option<u64>,
 }
 
 impl Experiment {
@@ -560,7 +586,16 @@ pub fn apply(state: &mut State, ev: &Event) {
         Payload::CheckerConfigured(_) | Payload::IngestAdvanced(_) => {}
         Payload::AlertRaised(a) => {
             let e = &mut state.experiments[i];
-            alert_raised(&mut e.details_mut().alerts, a, ev.seq);
+            let d = e.details_mut();
+            alert_raised(&mut d.alerts, a, ev.seq);
+            if let Some(epoch) = a.epoch {
+                let rule = d.alerts.iter().position(|x| x.rule == a.rule).unwrap_or(0) as u32;
+                d.alert_marks.add(AlertMark {
+                    epoch,
+                    severity: a.severity,
+                    rule,
+                });
+            }
             if !a.recommended_action.trim().is_empty() {
                 e.has_next = true;
             }
@@ -579,6 +614,7 @@ pub fn apply(state: &mut State, ev: &Event) {
                 reason: k.reason.clone(),
                 alert_seqs: k.alert_seqs.clone(),
                 count,
+                epoch: d.run.last_epoch,
             });
             e.has_next = true;
             state.touch(i);
@@ -686,13 +722,17 @@ fn epoch_ended<'m>(
                 a.last = (epoch, lr);
                 a.min = a.min.min(lr);
                 a.max = a.max.max(lr);
+                a.curve.add(epoch, lr);
             }
             None => {
+                let mut curve = Curve::default();
+                curve.add(epoch, lr);
                 run.lr = Some(LrAgg {
                     first: (epoch, lr),
                     last: (epoch, lr),
                     min: lr,
                     max: lr,
+                    curve,
                 })
             }
         }
@@ -707,6 +747,9 @@ fn checkpoint_saved(c: &mut Checkpoints, s: &CheckpointSaved) {
         path: s.path.clone(),
         reason: s.reason,
     };
+    if let Some(e) = s.epoch {
+        c.ticks.add((e, s.reason));
+    }
     if s.reason == CheckpointReason::Best {
         c.last_best = Some(ck.clone());
     }

@@ -7,9 +7,10 @@ use crate::event::{
     CheckpointReason, ExpId, ExperimentStatus, Metrics, NextIdea, OracleTier, Severity, Timestamp,
 };
 
+use super::curve::{Bucket, Curve, Thinned};
 use super::state::{
-    AlertAgg, Checkpoints, Ckpt, Detail, Details, Ended, Experiment, Kill, LrAgg, MetricAgg,
-    REASONS, ResultState, Run, State, reason_index,
+    AlertAgg, AlertMark, Checkpoints, Ckpt, Detail, Details, Ended, Experiment, Kill, LrAgg,
+    MetricAgg, REASONS, ResultState, Run, State, reason_index,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,14 +331,88 @@ struct_wire!(MetricAgg {
     min,
     max,
     nonfinite,
-    first_nonfinite
+    first_nonfinite,
+    curve
 });
 struct_wire!(LrAgg {
     first,
     last,
     min,
-    max
+    max,
+    curve
 });
+struct_wire!(AlertMark {
+    epoch,
+    severity,
+    rule
+});
+struct_wire!(Curve { width, buckets });
+
+impl<T: Wire> Wire for Thinned<T> {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.stride.put(out);
+        self.seen.put(out);
+        self.items.put(out);
+    }
+    fn get(d: &mut Dec<'_>) -> R<Thinned<T>> {
+        Ok(Thinned {
+            stride: Wire::get(d)?,
+            seen: Wire::get(d)?,
+            items: Wire::get(d)?,
+        })
+    }
+}
+
+/// A bucket, compactly: epochs as offsets from its first, one flag byte for what it has, a
+/// one-sample finite bucket's single value once.
+impl Wire for Bucket {
+    fn put(&self, out: &mut Vec<u8>) {
+        // Offsets wrap and are zigzag-signed: epochs may go back (a resumed run).
+        let off = |e: u64| e.wrapping_sub(self.first) as i64;
+        self.n.put(out);
+        self.first.put(out);
+        off(self.last).put(out);
+        let same = self.min == self.max;
+        let flags = u8::from(self.min.is_some())
+            | u8::from(self.max.is_some() && !same) << 1
+            | u8::from(self.nonfinite.is_some()) << 2;
+        out.push(flags);
+        for (e, v) in [self.min, if same { None } else { self.max }, self.nonfinite]
+            .into_iter()
+            .flatten()
+        {
+            off(e).put(out);
+            v.put(out);
+        }
+    }
+    fn get(d: &mut Dec<'_>) -> R<Bucket> {
+        let n = u64::get(d)?;
+        let first = u64::get(d)?;
+        let last = first.wrapping_add(i64::get(d)? as u64);
+        let flags = d.byte()?;
+        if flags > 7 {
+            return Err(WireError(format!("bad bucket flags {flags}")));
+        }
+        let mut point = |on: bool| -> R<Option<(u64, f64)>> {
+            if !on {
+                return Ok(None);
+            }
+            let e = first.wrapping_add(i64::get(d)? as u64);
+            Ok(Some((e, f64::get(d)?)))
+        };
+        let min = point(flags & 1 != 0)?;
+        let max = point(flags & 2 != 0)?;
+        let nonfinite = point(flags & 4 != 0)?;
+        Ok(Bucket {
+            n,
+            first,
+            last,
+            min,
+            max: if flags & 2 != 0 { max } else { min },
+            nonfinite,
+        })
+    }
+}
 struct_wire!(Ckpt {
     epoch,
     path,
@@ -373,7 +448,8 @@ struct_wire!(Kill {
     by,
     reason,
     alert_seqs,
-    count
+    count,
+    epoch
 });
 struct_wire!(Run {
     starts,
@@ -398,7 +474,8 @@ struct_wire!(Details {
     notes_next,
     run,
     alerts,
-    kill
+    kill,
+    alert_marks
 });
 
 /// An experiment: its registry entry, then its details as a length-prefixed blob that is only
@@ -476,6 +553,7 @@ impl Wire for Checkpoints {
         }
         self.last.put(out);
         self.last_best.put(out);
+        self.ticks.put(out);
     }
     fn get(d: &mut Dec<'_>) -> R<Checkpoints> {
         let count = u64::get(d)?;
@@ -488,6 +566,7 @@ impl Wire for Checkpoints {
             by_reason,
             last: Wire::get(d)?,
             last_best: Wire::get(d)?,
+            ticks: Wire::get(d)?,
         })
     }
 }

@@ -15,5 +15,6 @@ mod projections;
 mod roundtrip;
 mod run;
 mod schemas;
+mod see;
 mod serve;
 mod torn_tail;
