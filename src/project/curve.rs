@@ -11,7 +11,7 @@
 //! then every second one, every fourth, and so on.
 
 /// Buckets (or thinned items) kept at most.
-pub const CAP: usize = 128;
+pub const CAP: usize = 32;
 
 /// One bucket: `n` consecutive samples, from epoch `first` to epoch `last`.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,8 +227,13 @@ mod tests {
             t.add(i);
             assert!(t.items.len() <= CAP);
         }
-        assert_eq!(t.stride, 8);
-        assert!(t.items.iter().all(|i| i % 8 == 0));
+        // The smallest power-of-two stride that keeps 1,000 items within CAP.
+        let mut stride = 1u64;
+        while 1000u64.div_ceil(stride) > CAP as u64 {
+            stride *= 2;
+        }
+        assert_eq!(t.stride, stride);
+        assert!(t.items.iter().all(|i| i % stride == 0));
         assert_eq!(t.items[0], 0);
     }
 }

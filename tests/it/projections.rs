@@ -1014,7 +1014,10 @@ fn chained_refresh_from_equals_a_rebuild() {
         let (r, next) = project::refresh_from(&f.store, cur).unwrap();
         assert_eq!((r.checkpoint.as_str(), r.events), ("in memory", 1));
         // A new epoch changes exp-003's diagnosis.md and its curves.svg, nothing else.
-        assert_eq!(r.files_written, 2, "exp-003/diagnosis.md and curves.svg only: {r:?}");
+        assert_eq!(
+            r.files_written, 2,
+            "exp-003/diagnosis.md and curves.svg only: {r:?}"
+        );
         cur = next;
     }
     assert!(

@@ -512,7 +512,7 @@ fn watch_shows_a_live_panel_in_a_real_terminal_and_q_exits_cleanly() {
 
 #[test]
 fn the_projection_checkpoint_stays_bounded_as_epochs_grow() {
-    // Per-experiment state is bounded by metrics, not samples: curves keep at most 128 buckets.
+    // Per-experiment state is bounded by metrics, not samples: curves keep at most `CAP` buckets.
     let p = Proj::new();
     let size = |p: &Proj| {
         zolog::project::refresh(&p.store).unwrap();
