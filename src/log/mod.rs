@@ -208,18 +208,7 @@ impl Log {
     /// Take the writer lock and recover the tail (wal-rules 4, 12, 13). The returned writer holds
     /// the lock until dropped.
     pub fn writer(&self) -> Result<Writer> {
-        let opts = &self.inner.opts;
-        let lock = self
-            .inner
-            .fs
-            .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
-            .map_err(|e| match e {
-                LockFailure::Busy { holder } => LogError::Locked {
-                    holder,
-                    waited: opts.lock_timeout,
-                },
-                LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
-            })?;
+        let lock = self.lock()?;
         let (writer, cut) = self.open_tail(lock)?;
         if let Some(cut) = cut {
             tracing::warn!(
@@ -234,11 +223,10 @@ impl Log {
         Ok(writer)
     }
 
-    /// Recover the tail (as any writer does on open) and report what was cut.
-    pub fn recover(&self) -> Result<Option<Cut>> {
+    /// Take the writer lock, waiting up to the lock timeout; a busy lock names its holder.
+    fn lock(&self) -> Result<Box<dyn LockGuard>> {
         let opts = &self.inner.opts;
-        let lock = self
-            .inner
+        self.inner
             .fs
             .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
             .map_err(|e| match e {
@@ -247,7 +235,12 @@ impl Log {
                     waited: opts.lock_timeout,
                 },
                 LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
-            })?;
+            })
+    }
+
+    /// Recover the tail (as any writer does on open) and report what was cut.
+    pub fn recover(&self) -> Result<Option<Cut>> {
+        let lock = self.lock()?;
         let (_w, cut) = self.open_tail(lock)?;
         Ok(cut)
     }
@@ -256,18 +249,7 @@ impl Log {
     /// middle of the log, only ever on a person's explicit request. The offset must be the end of
     /// a complete batch. The bytes after it, and every later segment, are kept as `.broken` files.
     pub fn cut_at(&self, segment_first_seq: u64, offset: u64) -> Result<Vec<Cut>> {
-        let opts = &self.inner.opts;
-        let _lock = self
-            .inner
-            .fs
-            .lock(&self.lock_path(), &opts.holder, opts.lock_timeout)
-            .map_err(|e| match e {
-                LockFailure::Busy { holder } => LogError::Locked {
-                    holder,
-                    waited: opts.lock_timeout,
-                },
-                LockFailure::Io(e) => LogError::io("lock", &self.lock_path(), e),
-            })?;
+        let _lock = self.lock()?;
         self.inner
             .hint
             .lock()
@@ -303,7 +285,7 @@ impl Log {
             &bytes[hlen..off],
             hlen as u64,
             header.first_seq,
-            opts.max_record,
+            self.inner.opts.max_record,
             |_| Ok(()),
         )
         .unwrap_or_else(|()| unreachable!());
