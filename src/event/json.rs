@@ -345,9 +345,10 @@ impl InputEvent {
     }
 }
 
+/// An input envelope; `P` is how its payload is read ([`Payload`], or [`FastPayload`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EnvelopeIn {
+struct EnvelopeIn<P> {
     #[serde(default)]
     #[allow(dead_code)]
     seq: Option<u64>,
@@ -358,7 +359,7 @@ struct EnvelopeIn {
     appended: Option<de::IgnoredAny>,
     #[serde(default)]
     source: Option<Source>,
-    payload: Payload,
+    payload: P,
 }
 
 fn describe<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> String {
@@ -454,21 +455,7 @@ impl<'de> Deserialize<'de> for FastPayload {
 }
 
 /// [`EnvelopeIn`] with its payload read through [`TypeFirst`].
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FastEnvelopeIn {
-    #[serde(default)]
-    #[allow(dead_code)]
-    seq: Option<u64>,
-    #[serde(default)]
-    time: Option<Timestamp>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    appended: Option<de::IgnoredAny>,
-    #[serde(default)]
-    source: Option<Source>,
-    payload: FastPayload,
-}
+type FastEnvelopeIn = EnvelopeIn<FastPayload>;
 
 fn from_str_fast<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
     let mut de = serde_json::Deserializer::from_str(text);
@@ -507,7 +494,7 @@ pub fn parse_input_line(line: &str) -> Result<InputEvent, LineError> {
         });
     }
     // Any key order: the derived parse.
-    if maybe_envelope && let Ok(e) = serde_json::from_str::<EnvelopeIn>(text) {
+    if maybe_envelope && let Ok(e) = serde_json::from_str::<EnvelopeIn<Payload>>(text) {
         return Ok(InputEvent {
             time: e.time,
             source: e.source,
@@ -540,7 +527,7 @@ fn explain(text: &str, is_envelope: bool) -> LineError {
         // Check the envelope's own fields first.
         let mut shell = value.clone();
         shell["payload"] = serde_json::json!({"type": "ProjectInitialized", "project": ""});
-        if let Err(e) = serde_path_to_error::deserialize::<_, EnvelopeIn>(shell) {
+        if let Err(e) = serde_path_to_error::deserialize::<_, EnvelopeIn<Payload>>(shell) {
             return LineError {
                 column: None,
                 message: describe(e),
