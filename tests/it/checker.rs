@@ -7,10 +7,11 @@
 //! has a deadline.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{Guard, fixture};
 use zolog::event::{
     AlertRaised, EpochEnded, Event, ExpId, ExperimentMinted, ExperimentStatus, Json, Metrics,
     NewEvent, Payload, Source, SourceKind, Timestamp, TrainingStarted,
@@ -18,74 +19,6 @@ use zolog::event::{
 use zolog::store::{Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A child process that is killed and reaped when the guard drops.
-struct Guard {
-    child: Child,
-    name: &'static str,
-    status: Option<ExitStatus>,
-}
-
-impl Guard {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Guard {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Guard {
-            child,
-            name,
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    /// Wait for exit, at most `limit`.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.try_status() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (pid {}) still running after {limit:?}",
-                self.name,
-                self.pid()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
-            .expect("signal child");
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 struct Proj {
     _dir: tempfile::TempDir,

@@ -2,8 +2,10 @@
 //! small constructors for logs over the fault-injecting file system.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use zolog::event::codec;
 use zolog::event::{
@@ -287,4 +289,73 @@ pub fn init_store() -> (tempfile::TempDir, PathBuf) {
         .assert()
         .success();
     (dir, root)
+}
+
+/// A file under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A child process that is killed and reaped when the guard drops.
+pub struct Guard {
+    child: Child,
+    name: &'static str,
+    status: Option<ExitStatus>,
+}
+
+impl Guard {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Guard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Guard {
+            child,
+            name,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Wait for exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_status() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} (pid {}) still running after {limit:?}",
+                self.name,
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal child");
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

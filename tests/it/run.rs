@@ -8,9 +8,10 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{Guard, fixture};
 use zolog::event::{
     Event, ExpId, ExperimentMinted, ExperimentStatus, Json, NewEvent, Payload, RunKilled, Source,
     SourceKind, TrainingEnded, TrainingStarted,
@@ -19,54 +20,6 @@ use zolog::store::{Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A child process that is killed and reaped when the guard drops.
-struct Guard {
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl Guard {
-    fn spawn(cmd: &mut Command) -> Guard {
-        Guard {
-            child: cmd.spawn().expect("start zolog"),
-            status: None,
-        }
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.try_status() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "still running after {limit:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Kill and reap a trainer that a failed test may have left behind (its own process group).
 struct Reaper(Option<u32>);
@@ -122,6 +75,7 @@ impl Proj {
     fn run(&self, flags: &[&str], trainer: &[&str]) -> (ExitStatus, String) {
         let err = self.dir.path().join("run-stderr.txt");
         let mut g = Guard::spawn(
+            "zolog",
             self.zolog()
                 .args(["run", "--exp", "exp-001"])
                 .args(flags)
@@ -386,6 +340,7 @@ fn ctrl_c_is_forwarded_to_the_trainer_and_recorded_as_a_user_kill() {
     let p = Proj::new();
     let err = p.dir.path().join("run-stderr.txt");
     let mut g = Guard::spawn(
+        "zolog",
         p.zolog()
             .args(["run", "--exp", "exp-001", "--kill", "--grace", "5", "--"])
             .arg("python3")
@@ -411,7 +366,7 @@ fn ctrl_c_is_forwarded_to_the_trainer_and_recorded_as_a_user_kill() {
     };
     let _reap = Reaper(Some(pid));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(g.child.id() as i32),
+        nix::unistd::Pid::from_raw(g.pid() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
