@@ -61,22 +61,7 @@ pub fn generate() -> Vec<(String, String)> {
             )); )*
         };
     }
-    kinds!(
-        ProjectInitialized,
-        ExperimentMinted,
-        ExperimentStatusChanged,
-        ResultRecorded,
-        NextIdeasRecorded,
-        NoteAdded,
-        TrainingStarted,
-        EpochEnded,
-        CheckpointSaved,
-        TrainingEnded,
-        CheckerConfigured,
-        AlertRaised,
-        RunKilled,
-        IngestAdvanced,
-    );
+    crate::with_payload_kinds!(kinds);
     debug_assert_eq!(files.len(), 1 + event::Payload::KINDS.len());
     files
 }

@@ -561,27 +561,18 @@ fn explain_payload(mut v: serde_json::Value) -> Option<String> {
             .err()
             .map(describe)
     }
-    use super::*;
-    match kind.as_str() {
-        "ProjectInitialized" => check::<ProjectInitialized>(v),
-        "ExperimentMinted" => check::<ExperimentMinted>(v),
-        "ExperimentStatusChanged" => check::<ExperimentStatusChanged>(v),
-        "ResultRecorded" => check::<ResultRecorded>(v),
-        "NextIdeasRecorded" => check::<NextIdeasRecorded>(v),
-        "NoteAdded" => check::<NoteAdded>(v),
-        "TrainingStarted" => check::<TrainingStarted>(v),
-        "EpochEnded" => check::<EpochEnded>(v),
-        "CheckpointSaved" => check::<CheckpointSaved>(v),
-        "TrainingEnded" => check::<TrainingEnded>(v),
-        "CheckerConfigured" => check::<CheckerConfigured>(v),
-        "AlertRaised" => check::<AlertRaised>(v),
-        "RunKilled" => check::<RunKilled>(v),
-        "IngestAdvanced" => check::<IngestAdvanced>(v),
-        other => Some(format!(
-            "unknown event type {other:?}; types are: {}",
-            Payload::KINDS.join(", ")
-        )),
+    macro_rules! by_kind {
+        ($($k:ident),* $(,)?) => {
+            match kind.as_str() {
+                $(stringify!($k) => check::<super::$k>(v),)*
+                other => Some(format!(
+                    "unknown event type {other:?}; types are: {}",
+                    Payload::KINDS.join(", ")
+                )),
+            }
+        };
     }
+    crate::with_payload_kinds!(by_kind)
 }
 
 /// One event as a JSON line (no trailing newline).

@@ -190,6 +190,30 @@ impl JsonSchema for ExpId {
 #[serde(transparent)]
 pub struct Json(pub serde_json::Value);
 
+/// Call macro `$m` with every payload kind (variant and struct name), in declaration order:
+/// the one list code that handles each kind by name expands from.
+#[macro_export]
+macro_rules! with_payload_kinds {
+    ($m:ident) => {
+        $m!(
+            ProjectInitialized,
+            ExperimentMinted,
+            ExperimentStatusChanged,
+            ResultRecorded,
+            NextIdeasRecorded,
+            NoteAdded,
+            TrainingStarted,
+            EpochEnded,
+            CheckpointSaved,
+            TrainingEnded,
+            CheckerConfigured,
+            AlertRaised,
+            RunKilled,
+            IngestAdvanced,
+        )
+    };
+}
+
 /// Every kind of event, in past tense. Append new variants at the end only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Encode, Decode)]
 #[serde(tag = "type")]
@@ -633,4 +657,20 @@ pub struct IngestAdvanced {
     /// Bad lines skipped so far.
     #[serde(default)]
     pub rejected: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Payload;
+
+    #[test]
+    fn the_kind_list_macro_names_every_kind_in_order() {
+        macro_rules! names {
+            ($($k:ident),* $(,)?) => {
+                [$(stringify!($k)),*]
+            };
+        }
+        let listed: &[&str] = &crate::with_payload_kinds!(names);
+        assert_eq!(listed, &Payload::KINDS[..]);
+    }
 }

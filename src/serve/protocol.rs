@@ -176,29 +176,14 @@ fn fast_payload(text: &str) -> Option<Payload> {
         return None;
     };
     macro_rules! by_kind {
-        ($($v:ident),*) => {
+        ($($v:ident),* $(,)?) => {
             match kind {
                 $(stringify!($v) => serde_json::from_str(&body).ok().map(Payload::$v),)*
                 _ => None,
             }
         };
     }
-    by_kind!(
-        ProjectInitialized,
-        ExperimentMinted,
-        ExperimentStatusChanged,
-        ResultRecorded,
-        NextIdeasRecorded,
-        NoteAdded,
-        TrainingStarted,
-        EpochEnded,
-        CheckpointSaved,
-        TrainingEnded,
-        CheckerConfigured,
-        AlertRaised,
-        RunKilled,
-        IngestAdvanced
-    )
+    crate::with_payload_kinds!(by_kind)
 }
 
 /// Give an input event its times and source: the server's clock reading `now` (one reading per
