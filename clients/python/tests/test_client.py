@@ -234,7 +234,11 @@ def test_log_dir_only(tmp_path):
 
 
 class StalledServer:
-    """A fake server at .zo/serve.sock that greets and then never reads."""
+    """A fake server at .zo/serve.sock that greets and then never reads.
+
+    ``close`` must leave no connection open, including one accepted while it runs: a connection
+    left open would stall the client for its full 60 s answer timeout (the accept thread needs
+    the GIL after `accept` returns, and a busy training loop can hold it past `close`)."""
 
     def __init__(self, project: Path):
         self.path = project / ".zo" / "serve.sock"
@@ -242,6 +246,8 @@ class StalledServer:
         self.sock.bind(str(self.path))
         self.sock.listen(8)
         self.conns = []
+        self.lock = threading.Lock()
+        self.closed = False
         self.t = threading.Thread(target=self._accept, daemon=True)
         self.t.start()
 
@@ -251,13 +257,30 @@ class StalledServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            c.sendall(b'{"zolog":"0.1.0","protocol":1,"max_line":1048576,"pid":1}\n')
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            self.conns.append(c)
+            with self.lock:
+                if self.closed:
+                    c.close()
+                    return
+                self.conns.append(c)
+            try:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                c.sendall(b'{"zolog":"0.1.0","protocol":1,"max_line":1048576,"pid":1}\n')
+            except OSError:
+                pass
 
     def close(self):
+        with self.lock:
+            self.closed = True
+            conns, self.conns = self.conns, []
+        # shutdown, unlike close, stops listening at once and wakes a thread blocked in accept.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
-        for c in self.conns:
+        self.t.join(timeout=10)
+        assert not self.t.is_alive(), "the stalled server's accept thread did not stop"
+        for c in conns:
             c.close()
         self.path.unlink()
 
