@@ -92,7 +92,10 @@ pub enum Cond {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
-    batch: Vec<serde_json::Value>,
+    /// Raw, so each item is parsed from its own text: a `serde_json::Value` would sort object
+    /// keys, and the order of a `Metrics` object is meaningful (an alert's subject is its first
+    /// observed value).
+    batch: Vec<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     if_next_seq: Option<u64>,
     #[serde(default)]
@@ -168,8 +171,7 @@ pub fn parse_line(line: &str) -> Result<Request, String> {
         }
         let mut events = Vec::with_capacity(b.batch.len());
         for (i, item) in b.batch.iter().enumerate() {
-            let item = serde_json::to_string(item).map_err(|e| e.to_string())?;
-            let ev = json::parse_input_line(&item)
+            let ev = json::parse_input_line(item.get())
                 .map_err(|e| format!("batch item {i}: {}; nothing appended", line_error(e)))?;
             events.push(ev);
         }
@@ -531,6 +533,31 @@ mod tests {
                 got.starts_with("error") && got.contains(want),
                 "{line:?}: {got}"
             );
+        }
+    }
+
+    /// Regression: batch items went through `serde_json::Value`, which sorts object keys, so an
+    /// alert appended through a server lost its subject (the first observed value) and watchers
+    /// no longer recognised it, appending it again.
+    #[test]
+    fn a_batch_keeps_the_order_of_metrics() {
+        let alert = r#"{"type":"AlertRaised","experiment_id":"exp-001","rule":"divergence.spike","severity":"warn","observed":{"train_loss":9,"previous":1.5,"a":NaN},"message":"m"}"#;
+        for line in [
+            alert.to_owned(),
+            format!(r#"{{"batch":[{alert},{{"payload":{alert}}}]}}"#),
+        ] {
+            let events = match parse_line(&line) {
+                Ok(Request::Event(e)) => vec![e],
+                Ok(Request::Batch(b, None)) => b,
+                other => panic!("{other:?}"),
+            };
+            for e in events {
+                let Payload::AlertRaised(a) = &e.payload else {
+                    panic!("wrong kind")
+                };
+                let names: Vec<&str> = a.observed.0.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(names, ["train_loss", "previous", "a"], "{line}");
+            }
         }
     }
 
