@@ -749,9 +749,7 @@ mod group_tests {
                 + "\n",
             // The alert is now at 8: a second one since 8 conflicts, since 9 does not.
             format!(
-                "{}\n{}\n",
-                format!(r#"{{"batch":[{ALERT}],"if_no_key_since":8,"keys":{alert_key}}}"#),
-                format!(r#"{{"batch":[{ALERT}],"if_no_key_since":9,"keys":{alert_key}}}"#)
+                "{{\"batch\":[{ALERT}],\"if_no_key_since\":8,\"keys\":{alert_key}}}\n{{\"batch\":[{ALERT}],\"if_no_key_since\":9,\"keys\":{alert_key}}}\n"
             ),
         ]);
         assert_eq!(got[0], "{\"seq\":3,\"line\":1}\n{\"seq\":4,\"line\":2}\n");
