@@ -211,6 +211,7 @@ impl Store {
 ///
 /// Every other event has none, and finding that out is one comparison of the payload's variant
 /// (the server derives keys for every event it appends). The log itself never sees keys.
+#[inline]
 pub fn conflict_key(payload: &Payload) -> Option<String> {
     match payload {
         Payload::IngestAdvanced(a) => Some(ingest_key(&a.experiment_id, &a.path)),

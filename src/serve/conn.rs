@@ -208,7 +208,11 @@ impl ConnState {
                     }
                     b.ends.push(b.data.len());
                 }
-                b.units.push(Unit::Batch { line, count, cond });
+                b.units.push(Unit::Batch {
+                    line,
+                    count,
+                    cond: cond.map(Box::new),
+                });
             }
             Ok(Request::Flush) => b.units.push(Unit::Flush { line }),
             Ok(Request::Acks(m)) => self.mode = m,
@@ -770,6 +774,17 @@ mod group_tests {
             "{a}"
         );
         assert_eq!(b, "{\"seq\":9,\"last_seq\":9,\"line\":2}\n");
+    }
+
+    /// One unit per event line: conditions and their conflicts are boxed so that the common unit
+    /// stays as small as it was before they existed.
+    #[test]
+    fn a_unit_stays_small() {
+        assert!(
+            std::mem::size_of::<Unit>() <= 40,
+            "{}",
+            std::mem::size_of::<Unit>()
+        );
     }
 
     #[test]

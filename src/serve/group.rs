@@ -33,11 +33,11 @@ pub(crate) enum Unit {
         quiet: bool,
     },
     /// An atomic batch of `count` payloads; with a condition, only if it holds when the batch
-    /// is appended.
+    /// is appended. (Boxed: conditions are rare, and a unit per event should stay small.)
     Batch {
         line: u64,
         count: u64,
-        cond: Option<Cond>,
+        cond: Option<Box<Cond>>,
     },
     /// An `if_next_seq` batch that found the log elsewhere: nothing of it appended.
     Conflict {
@@ -48,7 +48,7 @@ pub(crate) enum Unit {
     /// An `if_no_key_since` batch whose condition failed: nothing of it appended.
     KeyConflict {
         line: u64,
-        reason: String,
+        reason: Box<str>,
         actual: u64,
     },
     Flush {
@@ -159,24 +159,25 @@ pub(crate) fn run(
                 let refused = match u {
                     Unit::Batch {
                         line,
-                        cond: Some(Cond::NextSeq(expected)),
+                        cond: Some(c),
                         ..
-                    } if *expected != next => Some(Unit::Conflict {
-                        line: *line,
-                        expected: *expected,
-                        actual: next,
-                    }),
-                    Unit::Batch {
-                        line,
-                        cond: Some(Cond::NoKeySince { since, keys }),
-                        ..
-                    } => key_conflict(started_at, &last_of, *since, keys).map(|reason| {
-                        Unit::KeyConflict {
+                    } => match &**c {
+                        Cond::NextSeq(expected) if *expected != next => Some(Unit::Conflict {
                             line: *line,
-                            reason,
+                            expected: *expected,
                             actual: next,
+                        }),
+                        Cond::NoKeySince { since, keys } => {
+                            key_conflict(started_at, &last_of, *since, keys).map(|reason| {
+                                Unit::KeyConflict {
+                                    line: *line,
+                                    reason: reason.into(),
+                                    actual: next,
+                                }
+                            })
                         }
-                    }),
+                        Cond::NextSeq(_) => None,
+                    },
                     _ => None,
                 };
                 if let Some(r) = refused {
