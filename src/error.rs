@@ -49,6 +49,15 @@ pub enum Error {
     /// appended.
     #[error("the log moved on: the batch was for seq {expected}, the log is at seq {actual}")]
     Conflict { expected: u64, actual: u64 },
+    /// A keyed conditional append (`Appender::append_unless_keys_since`) found an event carrying
+    /// one of its conflict keys at or after seq `since` (or a server that cannot tell); nothing
+    /// was appended. Read the log up to `next_seq` - 1 and decide again.
+    #[error("conflict since seq {since} (the log is at seq {next_seq}): {reason}")]
+    KeyConflict {
+        since: u64,
+        next_seq: u64,
+        reason: String,
+    },
 }
 
 impl Error {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::event::{self, Event, NewEvent, Payload, ProjectInitialized, codec};
+use crate::event::{self, AlertRaised, Event, ExpId, NewEvent, Payload, ProjectInitialized, codec};
 use crate::log::fs::{Fs, RealFs};
 use crate::log::{Appended, Log, LogError, LogOptions, ReadEnd, ReadError, Writer};
-use crate::serve::client::{self, Client, ServeError};
+use crate::serve::client::{self, Client, Condition, ServeError};
 
 /// Name of the store directory inside a project.
 pub const STORE_DIR: &str = ".zo";
@@ -199,6 +199,50 @@ impl Store {
     }
 }
 
+/// The conflict key of an event, if it has one: what a keyed check-then-append
+/// ([`Appender::append_unless_keys_since`], the `if_no_key_since` batch of docs/serve.md) decides
+/// about. Two events that must not both be appended by check-then-appends made from the same view
+/// of the log have the same key:
+///
+/// - `IngestAdvanced`: `ingest <experiment> <path>` ([`ingest_key`]), the position of one file's
+///   ingest into one experiment, which an ingester adopts from the log;
+/// - `AlertRaised`: `alert <experiment> <severity> <trigger seq, or -> "<rule>" <subject>`, the
+///   experiment and the [`AlertKey`](crate::checker::AlertKey) that watchers dedup alerts on.
+///
+/// Every other event has none, and finding that out is one comparison of the payload's variant
+/// (the server derives keys for every event it appends). The log itself never sees keys.
+#[inline]
+pub fn conflict_key(payload: &Payload) -> Option<String> {
+    match payload {
+        Payload::IngestAdvanced(a) => Some(ingest_key(&a.experiment_id, &a.path)),
+        Payload::AlertRaised(a) => Some(alert_key(a)),
+        _ => None,
+    }
+}
+
+/// The conflict key of the `IngestAdvanced` events of `path` (as recorded) into `exp`.
+pub fn ingest_key(exp: &ExpId, path: &str) -> String {
+    format!("ingest {exp} {path}")
+}
+
+fn alert_key(a: &AlertRaised) -> String {
+    let k = crate::checker::AlertKey::of(a);
+    let severity = match k.severity {
+        event::Severity::Info => "info",
+        event::Severity::Warn => "warn",
+        event::Severity::Stop => "stop",
+    };
+    let trigger = k
+        .trigger_seq
+        .map_or_else(|| "-".to_owned(), |s| s.to_string());
+    // The rule is quoted (JSON), so the subject after it may hold anything.
+    let rule = serde_json::to_string(&k.rule).expect("strings serialize");
+    format!(
+        "alert {} {severity} {trigger} {rule} {}",
+        a.experiment_id, k.subject
+    )
+}
+
 /// Appends batches to a store. Every writing command goes through here, so that while a
 /// `zolog serve` holds the writer lock, writes go through its socket instead of failing on the
 /// lock: a server that answers on `.zo/serve.sock` is used; otherwise the lock is taken as usual,
@@ -206,7 +250,10 @@ impl Store {
 ///
 /// Check-then-append (decide from the log's state, append only if nobody appended meanwhile)
 /// works the same way in both cases with [`Appender::append_if`]: fold the log to its end, decide,
-/// `append_if(next_seq, ..)`, and on [`Error::Conflict`] fold again and retry.
+/// `append_if(next_seq, ..)`, and on [`Error::Conflict`] fold again and retry. When only some
+/// events matter (another ingest of the same file, the same alert), the narrower
+/// [`Appender::append_unless_keys_since`] does not conflict with unrelated appends, so it does not
+/// starve under a busy server.
 #[derive(Debug)]
 pub struct Appender<'a> {
     store: &'a Store,
@@ -266,13 +313,16 @@ impl Batch<'_> {
 
 /// How a batch may be appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+enum Mode<'k> {
     /// All of it in one log batch.
     Atomic,
     /// Through a server, possibly as several atomic batches.
     Split,
     /// Atomic, and only if the log's next seq is this one.
     If(u64),
+    /// Atomic, and only if no event carrying one of these conflict keys has a seq at or after
+    /// this one.
+    UnlessKeysSince(u64, &'k [String]),
 }
 
 impl Appender<'_> {
@@ -305,6 +355,43 @@ impl Appender<'_> {
         self.go(Batch::Encoded(payloads), mode)
     }
 
+    /// Append `events` as one atomic batch only if no event carrying one of `keys` (see
+    /// [`conflict_key`]) was appended at seq `since` or later: `since` is the next seq the caller
+    /// had not read when it decided. Otherwise nothing is appended and the error is
+    /// [`Error::KeyConflict`]: read the log on (to its `next_seq`), decide again, retry.
+    ///
+    /// Directly, the writer lock is taken and the events from `since` to the end are read to
+    /// check; through a server, its writer checks when it appends the batch (it remembers the
+    /// last seq of every key it appended, and answers a conflict for a `since` older than its own
+    /// start, which a caller that read on to the end never sends again). Unrelated appends never
+    /// conflict. With no keys it is [`Appender::append`].
+    pub fn append_unless_keys_since(
+        &mut self,
+        since: u64,
+        keys: &[String],
+        events: &[NewEvent],
+    ) -> Result<Appended> {
+        self.go(Batch::Events(events), Self::keyed(since, keys))
+    }
+
+    /// [`Appender::append_unless_keys_since`] for payloads already encoded with `codec::encode`.
+    pub fn append_encoded_unless_keys_since(
+        &mut self,
+        since: u64,
+        keys: &[String],
+        payloads: &[&[u8]],
+    ) -> Result<Appended> {
+        self.go(Batch::Encoded(payloads), Self::keyed(since, keys))
+    }
+
+    fn keyed(since: u64, keys: &[String]) -> Mode<'_> {
+        if keys.is_empty() {
+            Mode::Atomic
+        } else {
+            Mode::UnlessKeysSince(since, keys)
+        }
+    }
+
     /// [`Appender::append_chunk`] for payloads already encoded with `codec::encode`.
     pub fn append_encoded_chunk(&mut self, payloads: &[&[u8]]) -> Result<Appended> {
         self.go(Batch::Encoded(payloads), Mode::Split)
@@ -322,12 +409,15 @@ impl Appender<'_> {
         Ok(self.server.is_some())
     }
 
-    fn through_server(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Outcome> {
+    fn through_server(&mut self, batch: Batch<'_>, mode: Mode<'_>) -> Result<Outcome> {
         let envs = batch.envelopes()?;
         let c = self.server.as_mut().expect("connected");
         let r = match mode {
             Mode::Atomic => c.append_envelopes(&envs, None),
-            Mode::If(n) => c.append_envelopes(&envs, Some(n)),
+            Mode::If(n) => c.append_envelopes(&envs, Some(Condition::NextSeq(n))),
+            Mode::UnlessKeysSince(since, keys) => {
+                c.append_envelopes(&envs, Some(Condition::NoKeySince { since, keys }))
+            }
             Mode::Split => c.append_split_envelopes(&envs),
         };
         match r {
@@ -346,6 +436,15 @@ impl Appender<'_> {
             Err(ServeError::Conflict { expected, actual }) => {
                 Err(Error::Conflict { expected, actual })
             }
+            Err(ServeError::KeyConflict {
+                since,
+                next_seq,
+                reason,
+            }) => Err(Error::KeyConflict {
+                since,
+                next_seq,
+                reason,
+            }),
             Err(e) => {
                 self.server = None;
                 Err(e.into())
@@ -353,7 +452,23 @@ impl Appender<'_> {
         }
     }
 
-    fn go(&mut self, batch: Batch<'_>, mode: Mode) -> Result<Appended> {
+    /// Under the writer lock: the first event from `since` on that carries one of `keys`, said
+    /// as a conflict reason.
+    fn keys_since(&self, since: u64, keys: &[String]) -> Result<Option<String>> {
+        let mut found = None;
+        self.store.read(since.max(1), |ev| {
+            if found.is_none()
+                && let Some(k) = conflict_key(&ev.payload)
+                && keys.contains(&k)
+            {
+                found = Some(format!("the event at seq {} has key {k:?}", ev.seq));
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn go(&mut self, batch: Batch<'_>, mode: Mode<'_>) -> Result<Appended> {
         if batch.len() == 0 {
             return Err(LogError::EmptyBatch.into());
         }
@@ -377,6 +492,15 @@ impl Appender<'_> {
                     return Err(Error::Conflict {
                         expected,
                         actual: w.next_seq(),
+                    });
+                }
+                if let Mode::UnlessKeysSince(since, keys) = mode
+                    && let Some(reason) = self.keys_since(since, keys)?
+                {
+                    return Err(Error::KeyConflict {
+                        since,
+                        next_seq: w.next_seq(),
+                        reason,
                     });
                 }
                 w.append(&rest.payloads())?
@@ -428,4 +552,93 @@ pub fn read_with(
 
 fn is_store(dir: &Path) -> bool {
     dir.join("log").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EpochEnded, IngestAdvanced, Metrics, Severity};
+
+    fn alert(f: impl FnOnce(&mut AlertRaised)) -> Payload {
+        let mut a = AlertRaised {
+            experiment_id: ExpId::from_number(1),
+            rule: "divergence.spike".into(),
+            severity: Severity::Warn,
+            epoch: Some(3),
+            observed: Metrics(vec![("val loss".into(), 9.0), ("x".into(), 1.0)]),
+            thresholds: Metrics::default(),
+            evidence_seqs: vec![10, 12],
+            config_seq: Some(4),
+            message: "spike".into(),
+            likely_cause: String::new(),
+            recommended_action: String::new(),
+        };
+        f(&mut a);
+        Payload::AlertRaised(a)
+    }
+
+    /// Alerts the watcher treats as the same (equal `AlertKey`, same experiment) have the same
+    /// conflict key; any difference the watcher sees gives another key; only ingest positions
+    /// and alerts have one.
+    #[test]
+    fn conflict_keys_follow_what_check_then_append_decides_about() {
+        let key = |p: &Payload| conflict_key(p);
+        let base = key(&alert(|_| {})).unwrap();
+        assert_eq!(base, r#"alert exp-001 warn 12 "divergence.spike" val loss"#);
+        // Same AlertKey: same conflict key.
+        let same = alert(|a| {
+            a.message = "other words".into();
+            a.epoch = None;
+            a.evidence_seqs = vec![1, 12];
+            a.observed.0[0].1 = f64::NAN;
+            a.observed.0[1].0 = "y".into();
+            a.config_seq = None;
+        });
+        assert_eq!(key(&same).unwrap(), base);
+        // Any part of the AlertKey, or the experiment, differs: another key.
+        let differ: Vec<Payload> = vec![
+            alert(|a| a.experiment_id = ExpId::from_number(2)),
+            alert(|a| a.rule = "nan_inf".into()),
+            alert(|a| a.severity = Severity::Stop),
+            alert(|a| a.evidence_seqs = vec![13]),
+            alert(|a| a.evidence_seqs = vec![]),
+            alert(|a| {
+                a.observed.0.remove(0);
+            }),
+            // A rule with spaces and quotes cannot pass for another rule and subject.
+            alert(|a| {
+                a.rule = "divergence.spike\" val".into();
+                a.observed.0[0].0 = "loss".into();
+            }),
+        ];
+        for p in &differ {
+            assert_ne!(key(p).unwrap(), base, "{p:?}");
+        }
+        let adv = Payload::IngestAdvanced(IngestAdvanced {
+            experiment_id: ExpId::from_number(7),
+            path: "runs/a b/metrics.jsonl".into(),
+            file_id: "1:2".into(),
+            offset: 5,
+            line: 1,
+            rejected: 0,
+        });
+        assert_eq!(
+            key(&adv).as_deref(),
+            Some("ingest exp-007 runs/a b/metrics.jsonl")
+        );
+        assert_eq!(
+            key(&adv),
+            Some(ingest_key(&ExpId::from_number(7), "runs/a b/metrics.jsonl"))
+        );
+        let epoch = Payload::EpochEnded(EpochEnded {
+            experiment_id: ExpId::from_number(1),
+            epoch: 1,
+            step: None,
+            metrics: Metrics::default(),
+            learning_rate: None,
+            wall_time_seconds: None,
+            gpu_memory_mb: None,
+        });
+        assert_eq!(key(&epoch), None);
+    }
 }

@@ -10,7 +10,10 @@
 //!    latest CheckerConfigured is identical, that one is reused) before anything is evaluated;
 //! 2. the log is replayed from its first event through a fresh [`Checker`]; alerts whose
 //!    [`AlertKey`] is already in the log are not appended again (so watching twice, or a restarted
-//!    watcher, never duplicates an alert);
+//!    watcher, never duplicates an alert); the append is conditional on no alert with the same
+//!    key having been appended since the watcher last read the log (`append_unless_keys_since`,
+//!    checked under the writer lock or by `zolog serve`), so concurrent watchers never duplicate
+//!    one either;
 //! 3. new events are read every `poll_interval`; timer rules run every `tick_interval` with the
 //!    clock's time and the trainer's liveness passed in;
 //! 4. alerts are appended as one batch; then, for stop alerts with kill enabled: SIGTERM, SIGKILL
@@ -29,7 +32,11 @@ use crate::event::{
     AlertRaised, CheckerConfigured, Event, ExpId, ExperimentStatus, ExperimentStatusChanged, Json,
     NewEvent, Payload, RunKilled, Severity, Source, SourceKind, Timestamp,
 };
-use crate::store::{Store, read_with};
+use crate::store::{Store, conflict_key, read_with};
+
+/// Conflicts in a row (each an alert another watcher appended, found by the next key refresh)
+/// before an append of alerts gives up.
+const CONFLICT_TRIES: usize = 64;
 
 /// How a watcher behaves.
 #[derive(Debug, Clone)]
@@ -393,36 +400,55 @@ impl Watcher {
         }
         let mut first = 0;
         if !batch.is_empty() {
-            // Under the writer lock nobody else can append: check the log's alerts once more and
-            // append only what is not there, so even concurrent watchers never duplicate one.
-            let mut w = self.store.writer()?;
-            self.refresh_keys()?;
-            let mut new = Vec::new();
-            for a in std::mem::take(&mut batch) {
-                match self.keys.get(&AlertKey::of(&a)) {
-                    Some(&seq) => self.already(seq, a, &mut stops),
-                    None => new.push(a),
+            // Check the log's alerts once more (up to seq N - 1) and append only what is not
+            // there, and only if no alert with one of these keys has a seq >= N by the time it is
+            // appended (checked under the writer lock, or by zolog serve's writer): so even
+            // concurrent watchers never duplicate one, and unrelated appends never get in the way.
+            let store = self.store.clone();
+            let mut appender = store.appender();
+            let mut tries = 0;
+            loop {
+                self.refresh_keys()?;
+                let mut new = Vec::new();
+                for a in std::mem::take(&mut batch) {
+                    match self.keys.get(&AlertKey::of(&a)) {
+                        Some(&seq) => self.already(seq, a, &mut stops),
+                        None => new.push(a),
+                    }
                 }
-            }
-            batch = new;
-            if !batch.is_empty() {
-                let payloads: Vec<Vec<u8>> = batch
+                batch = new;
+                if batch.is_empty() {
+                    break;
+                }
+                let since = self.keys_reader.as_ref().map_or(1, |r| r.next_seq());
+                let events: Vec<NewEvent> = batch
                     .iter()
                     .map(|a| {
                         let p = Payload::AlertRaised(a.clone());
-                        let ev = match at {
+                        match at {
                             Some(t) => NewEvent::at(t, checker_source(), p),
                             None => NewEvent::now(checker_source(), p),
-                        };
-                        crate::event::codec::encode(&ev)
+                        }
                     })
                     .collect();
-                first = w.append(&payloads)?.first_seq;
-                for (i, a) in batch.iter().enumerate() {
-                    self.keys.insert(AlertKey::of(a), first + i as u64);
+                let keys: Vec<String> = events
+                    .iter()
+                    .filter_map(|e| conflict_key(&e.payload))
+                    .collect();
+                match appender.append_unless_keys_since(since, &keys, &events) {
+                    Ok(r) => {
+                        first = r.first_seq;
+                        break;
+                    }
+                    // Another watcher appended one of these alerts since (the next refresh_keys
+                    // finds it), or a server that started after `since`: read on, check again.
+                    Err(Error::KeyConflict { .. }) if tries < CONFLICT_TRIES => tries += 1,
+                    Err(e) => return Err(e),
                 }
             }
-            drop(w);
+            for (i, a) in batch.iter().enumerate() {
+                self.keys.insert(AlertKey::of(a), first + i as u64);
+            }
             if !batch.is_empty() {
                 self.refreshed();
             }

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 use super::{Ingester, PollOutcome, Position};
 use crate::error::{Error, Result};
 use crate::log::LogError;
+use crate::serve::client::ServeError;
 
 /// Tunables of a follow.
 #[derive(Debug, Clone)]
@@ -97,10 +98,12 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
 }
 
 /// Errors that a follow waits out instead of stopping: the lock held too long by another writer,
-/// or the metrics file unreadable for a moment.
+/// a `zolog serve` lost mid-append (whether that batch landed is read back from the log by the
+/// next poll, so retrying never duplicates a line), or the metrics file unreadable for a moment.
 fn is_transient(e: &Error, path: &Path) -> bool {
     match e {
         Error::Log(LogError::Locked { .. }) => true,
+        Error::Serve(ServeError::Lost { .. } | ServeError::Connect { .. }) => true,
         Error::Io { path: p, .. } => p == path,
         _ => false,
     }

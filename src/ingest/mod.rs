@@ -7,9 +7,14 @@
 //! it for the last `IngestAdvanced` of this path (and experiment) and continues from there. A crash
 //! loses either the whole batch (events and offset) or nothing.
 //!
-//! Appends are compare-and-append: with the writer lock held, the ingester first reads whatever
-//! was appended since it last looked; if another process advanced the same file in between (the
-//! command run twice at once), it appends nothing, adopts that position, and re-reads from there.
+//! Appends are compare-and-append: the ingester first reads whatever was appended since it last
+//! looked (up to seq N - 1); if another process advanced the same file in between (the command run
+//! twice at once), it appends nothing, adopts that position, and re-reads from there. Otherwise it
+//! appends with [`Appender::append_encoded_unless_keys_since`](crate::store::Appender): only if no
+//! `IngestAdvanced` of this path and experiment (its conflict key) has a seq ≥ N, checked under
+//! the writer lock, or by `zolog serve`'s writer while a server holds the lock; on a conflict it
+//! reads on and decides again. Unrelated appends (other trainers through a busy server) never
+//! make it retry.
 //!
 //! # Replaced and rewritten files
 //! `file_id` records the file's `dev:inode` and a 64-bit hash of the last consumed line
@@ -36,6 +41,7 @@ use crate::event::{
     ExpId, IngestAdvanced, NewEvent, Payload, Source, SourceKind, Timestamp, codec,
 };
 use crate::log::{ReadError, Reader};
+use crate::serve::client::ServeError;
 use crate::store::Store;
 
 pub use self::follow::{FollowOptions, FollowStatus, Follower, shutdown_signal};
@@ -527,6 +533,9 @@ pub struct Ingester {
     totals: Totals,
     /// Threads that parse a big chunk.
     threads: usize,
+    /// Most events in one batch: `max_batch_events`, halved whenever a batch is over a server's
+    /// line limit.
+    batch_limit: usize,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -589,7 +598,9 @@ impl Ingester {
             sink: Box::new(|n| tracing::warn!("{n}")),
             totals: Totals::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            batch_limit: usize::MAX,
         };
+        ing.batch_limit = ing.opts.max_batch_events.max(1);
         if let Some(found) = ing.catch_up()? {
             ing.adopt(found, false);
         }
@@ -993,7 +1004,7 @@ impl Ingester {
                 batch.end = at + nl as u64 + 1;
                 batch.tail_len = (nl + 1 - start) as u64;
                 start = nl + 1;
-                if batch.events() as usize >= self.opts.max_batch_events {
+                if batch.events() as usize >= self.batch_limit {
                     batch.tail = line_hash(&complete[start - batch.tail_len as usize..start]);
                     let full = std::mem::replace(&mut batch, Batch::new(at + start as u64));
                     if !self.commit(full, out)? {
@@ -1085,11 +1096,13 @@ impl Ingester {
     }
 
     /// Append the batch's events and the new position, atomically, unless another ingest of the
-    /// same file got there first (then adopt its position and return false).
+    /// same file got there first (then adopt its position and return false). Also false when the
+    /// batch was over a server's line limit: nothing appended, smaller batches from now on.
     fn commit(&mut self, batch: Batch, out: &mut PollOutcome) -> Result<bool> {
         let Some(exp) = self.exp.clone() else {
             return Ok(true);
         };
+        let keys = [crate::store::ingest_key(&exp, &self.key_path)];
         let pos = Position {
             file: self.file.as_ref().map(|f| f.id).or(self.pos.file),
             offset: batch.end,
@@ -1118,14 +1131,36 @@ impl Ingester {
             a = b;
         }
         parts.push(&adv);
-        let mut w = self.store.writer()?;
-        if let Some(theirs) = self.catch_up()? {
-            drop(w);
-            self.adopt(theirs, true);
-            return Ok(false);
-        }
-        let r = w.append(&parts)?;
-        drop(w);
+        let store = self.store.clone();
+        let mut appender = store.appender();
+        let mut tries = 0;
+        let r = loop {
+            // Everything up to N - 1: did another ingest advance this file meanwhile?
+            if let Some(theirs) = self.catch_up()? {
+                self.adopt(theirs, true);
+                return Ok(false);
+            }
+            let since = self.reader.next_seq();
+            match appender.append_encoded_unless_keys_since(since, &keys, &parts) {
+                Ok(r) => break r,
+                // An IngestAdvanced of this file since N (the next catch_up adopts it), or a
+                // server that started after N: read on and decide again.
+                Err(Error::KeyConflict { .. }) if tries < CONFLICT_TRIES => tries += 1,
+                Err(Error::Serve(ServeError::BatchTooLarge { bytes, max })) => {
+                    let events = batch.events() as usize;
+                    if events <= 1 {
+                        return Err(Error::Invalid(format!(
+                            "{}: line {}: its event and the IngestAdvanced are {bytes} bytes as one batch, over the line limit of zolog serve ({max} bytes); raise `zolog serve --max-line`",
+                            self.opts.path.display(),
+                            self.pos.line + batch.lines
+                        )));
+                    }
+                    self.batch_limit = (events / 2).max(1);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.own.push((r.first_seq, r.last_seq));
         self.pos = pos;
         self.tail_len = Some(batch.tail_len);
@@ -1148,6 +1183,10 @@ impl Ingester {
         Ok(true)
     }
 }
+
+/// Conflicts in a row (each a real IngestAdvanced of the same file, adopted by the next catch-up)
+/// before a commit gives up.
+const CONFLICT_TRIES: usize = 64;
 
 /// Read into `buf` at `offset` until it is full or the file ends; returns the bytes read.
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -41,6 +41,14 @@ pub enum ServeError {
     /// A conditional append found the log at another seq; nothing was appended.
     #[error("the log moved on: the batch was for seq {expected}, the log is at seq {actual}")]
     Conflict { expected: u64, actual: u64 },
+    /// An `if_no_key_since` append found one of its keys since `since` (or a server that cannot
+    /// tell); nothing was appended.
+    #[error("conflict since seq {since} (the log is at seq {next_seq}): {reason}")]
+    KeyConflict {
+        since: u64,
+        next_seq: u64,
+        reason: String,
+    },
     /// The server stopped before reading the rest: the first `appended` events were appended,
     /// the others were not.
     #[error(
@@ -66,6 +74,16 @@ pub enum ServeError {
     BatchTooLarge { bytes: usize, max: usize },
     #[error("unexpected response from zolog serve at {endpoint}: {detail}")]
     Protocol { endpoint: String, detail: String },
+}
+
+/// The condition of a conditional batch (docs/serve.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition<'a> {
+    /// `if_next_seq`: only if the batch's first event gets this seq.
+    NextSeq(u64),
+    /// `if_no_key_since` with `keys`: only if no event carrying one of `keys` has a seq at or
+    /// after `since`.
+    NoKeySince { since: u64, keys: &'a [String] },
 }
 
 /// The JSON envelope a `NewEvent` travels in.
@@ -259,18 +277,27 @@ impl Client {
         self.append_envelopes(&envs, None)
     }
 
-    /// Append envelope lines (see [`envelope`]) as one atomic batch; with `if_next_seq`, only if
-    /// the log's next seq is still that when the batch is appended (else
-    /// [`ServeError::Conflict`]).
+    /// Append envelope lines (see [`envelope`]) as one atomic batch; with a condition, only if
+    /// it holds when the batch is appended (else [`ServeError::Conflict`] or
+    /// [`ServeError::KeyConflict`]).
     pub fn append_envelopes(
         &mut self,
         envelopes: &[String],
-        if_next_seq: Option<u64>,
+        cond: Option<Condition<'_>>,
     ) -> Result<Appended, ServeError> {
         let mut line = batch_line(envelopes.iter().map(String::as_str));
-        if let Some(n) = if_next_seq {
-            line.truncate(line.len() - 1);
-            line.push_str(&format!(",\"if_next_seq\":{n}}}"));
+        match cond {
+            None => {}
+            Some(Condition::NextSeq(n)) => {
+                line.truncate(line.len() - 1);
+                line.push_str(&format!(",\"if_next_seq\":{n}}}"));
+            }
+            Some(Condition::NoKeySince { since, keys }) => {
+                line.truncate(line.len() - 1);
+                line.push_str(&format!(",\"if_no_key_since\":{since},\"keys\":"));
+                line.push_str(&serde_json::to_string(keys).expect("strings serialize"));
+                line.push('}');
+            }
         }
         if line.len() > self.greeting.max_line {
             return Err(ServeError::BatchTooLarge {
@@ -278,17 +305,34 @@ impl Client {
                 max: self.greeting.max_line,
             });
         }
-        let (first, last, _) = match self.pipeline(&[(line, envelopes.len())]) {
-            Err(ServeError::Rejected {
-                next_seq: Some(actual),
-                ..
-            }) if if_next_seq.is_some() => {
-                return Err(ServeError::Conflict {
-                    expected: if_next_seq.unwrap_or(0),
-                    actual,
+        let (first, last, _) = match (self.pipeline(&[(line, envelopes.len())]), cond) {
+            (
+                Err(ServeError::Rejected {
+                    next_seq: Some(actual),
+                    ..
+                }),
+                Some(Condition::NextSeq(expected)),
+            ) => return Err(ServeError::Conflict { expected, actual }),
+            (
+                Err(ServeError::Rejected {
+                    next_seq: Some(next_seq),
+                    message,
+                    ..
+                }),
+                Some(Condition::NoKeySince { since, .. }),
+            ) => {
+                let reason = message
+                    .strip_prefix("conflict: ")
+                    .unwrap_or(&message)
+                    .trim_end_matches("; nothing appended")
+                    .to_owned();
+                return Err(ServeError::KeyConflict {
+                    since,
+                    next_seq,
+                    reason,
                 });
             }
-            r => r?,
+            (r, _) => r?,
         };
         Ok(Appended {
             first_seq: first,

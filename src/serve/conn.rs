@@ -19,6 +19,7 @@ use super::Shared;
 use super::group::{Done, Submission, Unit};
 use super::protocol::{self, AckMode, Request};
 use crate::event::{Source, Timestamp, codec};
+use crate::store::conflict_key;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -99,6 +100,8 @@ impl Framer {
 pub(crate) struct Builder {
     data: Vec<u8>,
     ends: Vec<usize>,
+    /// Conflict keys of the payloads that have one (rare: no allocation otherwise).
+    keys: Vec<(usize, String)>,
     units: Vec<Unit>,
     rejected: u64,
 }
@@ -111,6 +114,7 @@ impl Builder {
         Builder {
             data: Vec::with_capacity(n),
             ends: Vec::with_capacity(n / 128),
+            keys: Vec::new(),
             units: Vec::with_capacity(n / 128),
             rejected: 0,
         }
@@ -171,10 +175,14 @@ impl ConnState {
             Ok(Request::Blank) => {}
             Ok(Request::Event(ev)) => {
                 let start = b.data.len();
+                let key = conflict_key(&ev.payload);
                 codec::encode_into(&protocol::to_new_event(ev, &self.source, now), &mut b.data);
                 if b.data.len() - start > self.max_record {
                     b.data.truncate(start);
                     return b.error(line, self.too_large());
+                }
+                if let Some(k) = key {
+                    b.keys.push((b.ends.len(), k));
                 }
                 b.ends.push(b.data.len());
                 b.units.push(Unit::Event {
@@ -182,23 +190,28 @@ impl ConnState {
                     quiet: self.mode == AckMode::Flush,
                 });
             }
-            Ok(Request::Batch(evs, if_next)) => {
-                let (start, ends) = (b.data.len(), b.ends.len());
+            Ok(Request::Batch(evs, cond)) => {
+                let (start, ends, keys) = (b.data.len(), b.ends.len(), b.keys.len());
                 let count = evs.len() as u64;
                 for ev in evs {
                     let at = b.data.len();
+                    let key = conflict_key(&ev.payload);
                     codec::encode_into(&protocol::to_new_event(ev, &self.source, now), &mut b.data);
                     if b.data.len() - at > self.max_record {
                         b.data.truncate(start);
                         b.ends.truncate(ends);
+                        b.keys.truncate(keys);
                         return b.error(line, self.too_large());
+                    }
+                    if let Some(k) = key {
+                        b.keys.push((b.ends.len(), k));
                     }
                     b.ends.push(b.data.len());
                 }
                 b.units.push(Unit::Batch {
                     line,
                     count,
-                    if_next,
+                    cond: cond.map(Box::new),
                 });
             }
             Ok(Request::Flush) => b.units.push(Unit::Flush { line }),
@@ -308,6 +321,7 @@ async fn submit(b: Builder, ack_tx: &mpsc::Sender<Done>, sh: &Shared) -> bool {
     let sub = Submission {
         data: b.data,
         ends: b.ends,
+        keys: b.keys,
         units: b.units,
         ack,
         budget,
@@ -365,6 +379,14 @@ fn format(done: Done, out: &mut Vec<u8>, fl: &mut FlushState) {
                 },
                 _,
             ) => protocol::write_conflict(out, expected, actual, line),
+            (
+                Unit::KeyConflict {
+                    line,
+                    reason,
+                    actual,
+                },
+                _,
+            ) => protocol::write_key_conflict(out, &reason, actual, line),
             (Unit::Flush { line }, _) => {
                 let range = fl.first.map(|f| (f, fl.last));
                 protocol::write_flush_ack(out, fl.count, range, line);
@@ -553,7 +575,9 @@ mod tests {
             .map(|u| match u {
                 Unit::Event { line, quiet } => format!("event {line} {quiet}"),
                 Unit::Batch { line, count, .. } => format!("batch {line} {count}"),
-                Unit::Conflict { line, .. } => format!("conflict {line}"),
+                Unit::Conflict { line, .. } | Unit::KeyConflict { line, .. } => {
+                    format!("conflict {line}")
+                }
                 Unit::Flush { line } => format!("flush {line}"),
                 Unit::Error { line, .. } => format!("error {line}"),
             })
@@ -599,7 +623,7 @@ mod tests {
                 Unit::Batch {
                     line: 4,
                     count: 2,
-                    if_next: None,
+                    cond: None,
                 },
                 Unit::Flush { line: 5 },
                 Unit::Flush { line: 6 },
@@ -633,5 +657,161 @@ mod tests {
                 .unwrap()
                 .contains("not acknowledged: the append failed (fdatasync failed)")
         );
+    }
+}
+
+/// The writer judges conditional batches in group order, against the conflict keys it appended.
+#[cfg(test)]
+mod group_tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::event::SourceKind;
+    use crate::log::fs::FaultFs;
+    use crate::log::{Log, LogOptions};
+
+    const ADV: &str = r#"{"type":"IngestAdvanced","experiment_id":"exp-001","path":"a.jsonl","file_id":"1:2","offset":10,"line":1}"#;
+    const EPOCH: &str = r#"{"type":"EpochEnded","experiment_id":"exp-001","epoch":1}"#;
+    const ALERT: &str = r#"{"type":"AlertRaised","experiment_id":"exp-001","rule":"nan_inf","severity":"stop","observed":{"loss":NaN},"evidence_seqs":[4],"message":"NaN loss"}"#;
+
+    /// Run one group made of one submission per entry of `conns` (each a connection's input),
+    /// on a log whose next seq is 3; the response text of each connection.
+    fn one_group(conns: &[String]) -> Vec<String> {
+        let log = Log::open(
+            Arc::new(FaultFs::new()),
+            "/zo/log",
+            LogOptions {
+                lock_timeout: Duration::ZERO,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
+        let mut w = log.writer().unwrap();
+        let ev = crate::event::NewEvent::now(
+            Source::this_process(SourceKind::Cli),
+            crate::event::json::parse_input_line(EPOCH).unwrap().payload,
+        );
+        w.append(&[codec::encode(&ev), codec::encode(&ev)]).unwrap();
+        let (tx, rx) = mpsc::channel(conns.len());
+        let mut acks = Vec::new();
+        for input in conns {
+            let mut st = ConnState {
+                mode: AckMode::Each,
+                source: Source::this_process(SourceKind::Trainer),
+                max_line: 1 << 20,
+                max_record: 1 << 20,
+            };
+            let mut b = Builder::default();
+            let mut buf = input.clone().into_bytes();
+            process(&mut Framer::new(1 << 20, 0), &mut st, &mut buf, &mut b);
+            let (ack_tx, ack_rx) = mpsc::channel::<Done>(1);
+            let sub = Submission {
+                data: b.data,
+                ends: b.ends,
+                keys: b.keys,
+                units: b.units,
+                ack: Some(ack_tx.try_reserve_owned().unwrap()),
+                budget: None,
+            };
+            tx.try_send(sub).unwrap();
+            acks.push(ack_rx);
+        }
+        drop(tx);
+        let stats = crate::serve::Stats::default();
+        crate::serve::group::run(w, rx, usize::MAX, &stats, &|_| {}, &|| {}).unwrap();
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 1, "one group");
+        acks.into_iter()
+            .map(|mut rx| {
+                let mut out = Vec::new();
+                format(rx.try_recv().unwrap(), &mut out, &mut FlushState::default());
+                String::from_utf8(out).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_conditions_are_judged_in_group_order() {
+        let adv_key = r#"["ingest exp-001 a.jsonl"]"#;
+        let alert_key = serde_json::to_string(&[crate::store::conflict_key(
+            &crate::event::json::parse_input_line(ALERT).unwrap().payload,
+        )
+        .unwrap()])
+        .unwrap();
+        let got = one_group(&[
+            // seq 3: an IngestAdvanced, unconditional (its key is remembered all the same).
+            format!("{EPOCH}\n{ADV}\n"),
+            // Since 4: the key is at seq 4 (placed earlier in this group): conflict.
+            format!(r#"{{"batch":[{ADV}],"if_no_key_since":4,"keys":{adv_key}}}"#) + "\n",
+            // Since 5: nothing of that key since; appended at 5 (and now the key is at 5).
+            format!(r#"{{"batch":[{EPOCH},{ADV}],"if_no_key_since":5,"keys":{adv_key}}}"#) + "\n",
+            // Before the server's start (3): it cannot tell, so a conflict.
+            format!(r#"{{"batch":[{EPOCH}],"if_no_key_since":2,"keys":{alert_key}}}"#) + "\n",
+            // Another key: unrelated appends never conflict. Appended at 7, the alert at 8.
+            format!(r#"{{"batch":[{EPOCH},{ALERT}],"if_no_key_since":3,"keys":{alert_key}}}"#)
+                + "\n",
+            // The alert is now at 8: a second one since 8 conflicts, since 9 does not.
+            format!(
+                "{{\"batch\":[{ALERT}],\"if_no_key_since\":8,\"keys\":{alert_key}}}\n{{\"batch\":[{ALERT}],\"if_no_key_since\":9,\"keys\":{alert_key}}}\n"
+            ),
+        ]);
+        assert_eq!(got[0], "{\"seq\":3,\"line\":1}\n{\"seq\":4,\"line\":2}\n");
+        assert_eq!(
+            got[1],
+            "{\"error\":\"conflict: the event at seq 4 has key \\\"ingest exp-001 a.jsonl\\\"; nothing appended\",\"next_seq\":5,\"line\":1}\n"
+        );
+        assert_eq!(got[2], "{\"seq\":5,\"last_seq\":6,\"line\":1}\n");
+        assert!(
+            got[3].contains("started at seq 3") && got[3].contains("\"next_seq\":7"),
+            "{}",
+            got[3]
+        );
+        assert_eq!(got[4], "{\"seq\":7,\"last_seq\":8,\"line\":1}\n");
+        let (a, b) = got[5].split_once('\n').unwrap();
+        assert!(
+            a.contains("conflict: the event at seq 8 has key") && a.contains("\"next_seq\":9"),
+            "{a}"
+        );
+        assert_eq!(b, "{\"seq\":9,\"last_seq\":9,\"line\":2}\n");
+    }
+
+    /// One unit per event line: conditions and their conflicts are boxed so that the common unit
+    /// stays as small as it was before they existed.
+    #[test]
+    fn a_unit_stays_small() {
+        assert!(
+            std::mem::size_of::<Unit>() <= 40,
+            "{}",
+            std::mem::size_of::<Unit>()
+        );
+    }
+
+    #[test]
+    fn keys_are_derived_for_the_events_that_have_them_only() {
+        let mut st = ConnState {
+            mode: AckMode::Each,
+            source: Source::this_process(SourceKind::Trainer),
+            max_line: 1 << 20,
+            max_record: 300,
+        };
+        let big = format!(
+            r#"{{"type":"NoteAdded","experiment_id":"exp-001","section":"next","text":"{}"}}"#,
+            "x".repeat(400)
+        );
+        let input = format!(
+            "{EPOCH}\n{ADV}\n{{\"batch\":[{EPOCH},{ALERT},{ADV}]}}\n{{\"batch\":[{ADV},{big}]}}\n{ALERT}\n"
+        );
+        let mut b = Builder::default();
+        let mut buf = input.into_bytes();
+        process(&mut Framer::new(1 << 20, 0), &mut st, &mut buf, &mut b);
+        let keys: Vec<(usize, &str)> = b.keys.iter().map(|(i, k)| (*i, &k[..6])).collect();
+        // Payloads: 0 epoch, 1 adv, 2 epoch, 3 alert, 4 adv; the refused batch leaves no key;
+        // 5 alert.
+        assert_eq!(
+            keys,
+            [(1, "ingest"), (3, "alert "), (4, "ingest"), (5, "alert ")]
+        );
+        assert_eq!(b.ends.len(), 6);
     }
 }

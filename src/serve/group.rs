@@ -7,7 +7,13 @@
 //! channel and goes into the next one. Only after `append` returns does it hand each submission's
 //! acknowledgements to its connection, through a slot that connection reserved before submitting,
 //! so this thread never waits on a client.
+//!
+//! Conditional batches are judged here, in group order, so a batch placed earlier in the same
+//! group counts: `if_next_seq` against the seq the batch would get, `if_no_key_since` against the
+//! last seq of each conflict key this server appended (a map kept on this thread; connections
+//! derive each event's key, if any, when they parse it).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, mpsc::OwnedPermit};
 
 use super::Stats;
+use super::protocol::Cond;
 use crate::log::{LogError, Writer};
 
 /// What one response line will be about, in the order the client sent the lines.
@@ -25,17 +32,23 @@ pub(crate) enum Unit {
         line: u64,
         quiet: bool,
     },
-    /// An atomic batch of `count` payloads; with `if_next`, only if the log is at that seq when
-    /// the batch is appended.
+    /// An atomic batch of `count` payloads; with a condition, only if it holds when the batch
+    /// is appended. (Boxed: conditions are rare, and a unit per event should stay small.)
     Batch {
         line: u64,
         count: u64,
-        if_next: Option<u64>,
+        cond: Option<Box<Cond>>,
     },
-    /// A conditional batch that found the log elsewhere: nothing of it appended.
+    /// An `if_next_seq` batch that found the log elsewhere: nothing of it appended.
     Conflict {
         line: u64,
         expected: u64,
+        actual: u64,
+    },
+    /// An `if_no_key_since` batch whose condition failed: nothing of it appended.
+    KeyConflict {
+        line: u64,
+        reason: Box<str>,
         actual: u64,
     },
     Flush {
@@ -54,6 +67,8 @@ pub(crate) struct Submission {
     pub data: Vec<u8>,
     /// End offset of each payload in `data`.
     pub ends: Vec<usize>,
+    /// The conflict key of each payload that has one, by its index in `ends` (ascending).
+    pub keys: Vec<(usize, String)>,
     pub units: Vec<Unit>,
     /// The slot in the connection's acknowledgement buffer; `None` when the client is gone (its
     /// events are still appended: they were received whole).
@@ -72,6 +87,28 @@ pub(crate) struct Done {
     pub failed: Option<Arc<str>>,
 }
 
+/// Why an `if_no_key_since` batch may not be appended, if it may not: the server started after
+/// `since` (it cannot tell what came before), or an event carrying one of `keys` has a seq at or
+/// after `since`.
+fn key_conflict(
+    start: u64,
+    last_of: &HashMap<String, u64>,
+    since: u64,
+    keys: &[String],
+) -> Option<String> {
+    if since < start {
+        return Some(format!(
+            "this zolog serve started at seq {start} and cannot tell what was appended since seq {since}; read the log on and retry"
+        ));
+    }
+    keys.iter().find_map(|k| {
+        last_of
+            .get(k)
+            .filter(|&&seq| seq >= since)
+            .map(|seq| format!("the event at seq {seq} has key {k:?}"))
+    })
+}
+
 /// Run the writer until every sender is gone. `on_commit(last_seq)` runs after each durable
 /// group; `on_fatal` once, when an append fails (the server then shuts down: a failed fdatasync
 /// cannot be retried, wal-rules 10). After a failure every later submission is refused.
@@ -87,6 +124,9 @@ pub(crate) fn run(
     // (submission, start, end) of each payload to append.
     let mut refs: Vec<(usize, usize, usize)> = Vec::new();
     let mut failure: Option<(Arc<str>, LogError)> = None;
+    // The seq this server started at, and the last seq of every conflict key it appended since.
+    let started_at = writer.next_seq();
+    let mut last_of: HashMap<String, u64> = HashMap::new();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.data.len();
         group.push(first);
@@ -109,28 +149,48 @@ pub(crate) fn run(
             firsts.push(next);
             let mut p = 0;
             let mut start = 0;
+            let mut keys = std::mem::take(&mut s.keys).into_iter().peekable();
             for u in s.units.iter_mut() {
                 let n = match *u {
                     Unit::Event { .. } => 1,
                     Unit::Batch { count, .. } => count as usize,
                     _ => 0,
                 };
-                if let Unit::Batch {
-                    line,
-                    if_next: Some(expected),
-                    ..
-                } = *u
-                    && expected != next
-                {
-                    *u = Unit::Conflict {
+                let refused = match u {
+                    Unit::Batch {
                         line,
-                        expected,
-                        actual: next,
-                    };
+                        cond: Some(c),
+                        ..
+                    } => match &**c {
+                        Cond::NextSeq(expected) if *expected != next => Some(Unit::Conflict {
+                            line: *line,
+                            expected: *expected,
+                            actual: next,
+                        }),
+                        Cond::NoKeySince { since, keys } => {
+                            key_conflict(started_at, &last_of, *since, keys).map(|reason| {
+                                Unit::KeyConflict {
+                                    line: *line,
+                                    reason: reason.into(),
+                                    actual: next,
+                                }
+                            })
+                        }
+                        Cond::NextSeq(_) => None,
+                    },
+                    _ => None,
+                };
+                if let Some(r) = refused {
+                    *u = r;
+                    while keys.next_if(|(k, _)| *k < p + n).is_some() {}
                 } else {
                     for &end in &s.ends[p..p + n] {
                         refs.push((i, start, end));
                         start = end;
+                    }
+                    // Remember the keys this unit carries, at the seqs they will have.
+                    while let Some((k, key)) = keys.next_if(|(k, _)| *k < p + n) {
+                        last_of.insert(key, next + (k - p) as u64);
                     }
                     next += n as u64;
                 }

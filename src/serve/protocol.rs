@@ -9,6 +9,9 @@
 //! <event>                     an envelope or a bare payload, as `zolog append` reads them
 //! {"batch":[<event>, ...]}    an atomic batch: all of it is appended, in one log batch, or none
 //! {"batch":[..],"if_next_seq":N}  the same, only if the log's next seq is still N when it is appended
+//! {"batch":[..],"if_no_key_since":N,"keys":["k",..]}
+//!                             the same, only if no event carrying one of these conflict keys has a
+//!                             seq >= N when it is appended (N: the first seq the client had not read)
 //! #flush                      a barrier: answered once every earlier event of the connection is durable
 //! #acks each | #acks flush    acknowledge every event line (default), or only at #flush
 //! #source {"kind":..,..}      the source recorded for later events that do not name one
@@ -20,11 +23,21 @@
 //! {"seq":18,"last_seq":20,"line":4}                             batch on line 4 is durable
 //! {"flushed":3,"first_seq":18,"last_seq":21,"line":5}           #flush on line 5
 //! {"error":"...","line":6}                                      line 6 was refused; nothing of it appended
-//! {"error":"conflict: ...","next_seq":40,"line":7}              an if_next_seq batch found the log at seq 40
+//! {"error":"conflict: ...","next_seq":40,"line":7}              a conditional batch was not appended; the
+//!                                                               log is at seq 40
 //! {"error":"...","fatal":true}                                  the server closes this connection
 //! {"bye":"server shutting down","line":9}                       the last line before a graceful close:
 //!                                                               lines after line 9 were not read
 //! ```
+//!
+//! Conflict keys (`if_no_key_since`): the server derives a key from each event it appends with
+//! [`crate::store::conflict_key`] (`IngestAdvanced`: `ingest <exp> <path>`; `AlertRaised`:
+//! `alert <exp> <severity> <trigger> "<rule>" <subject>`; every other event has none) and keeps the
+//! last seq of each key it appended since it started. The batch is appended unless one of its
+//! `keys` has a last seq >= N, counting batches placed before it in the same group. For N below
+//! the seq the server started at, it cannot tell, so it answers a conflict with `next_seq`: a
+//! client that reads the log on to there and retries sends an N the server can judge. The log
+//! knows nothing of keys; they are in the server's memory only.
 
 use std::io::Write;
 
@@ -60,19 +73,52 @@ pub enum Request {
     /// A blank line: ignored, no response.
     Blank,
     Event(InputEvent),
-    /// Events, and the seq the log must be at for them to be appended.
-    Batch(Vec<InputEvent>, Option<u64>),
+    /// Events, and the condition for them to be appended.
+    Batch(Vec<InputEvent>, Option<Cond>),
     Flush,
     Acks(AckMode),
     Source(Source),
 }
 
+/// The condition of a conditional batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    /// `if_next_seq`: the batch's first event must get this seq.
+    NextSeq(u64),
+    /// `if_no_key_since` + `keys`: no event carrying one of `keys` may have a seq >= `since`.
+    NoKeySince { since: u64, keys: Vec<String> },
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
-    batch: Vec<serde_json::Value>,
+    /// Raw, so each item is parsed from its own text: a `serde_json::Value` would sort object
+    /// keys, and the order of a `Metrics` object is meaningful (an alert's subject is its first
+    /// observed value).
+    batch: Vec<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     if_next_seq: Option<u64>,
+    #[serde(default)]
+    if_no_key_since: Option<u64>,
+    #[serde(default)]
+    keys: Option<Vec<String>>,
+}
+
+impl BatchIn {
+    fn cond(&mut self) -> Result<Option<Cond>, String> {
+        match (self.if_next_seq, self.if_no_key_since, self.keys.take()) {
+            (None, None, None) => Ok(None),
+            (Some(n), None, None) => Ok(Some(Cond::NextSeq(n))),
+            (None, Some(since), Some(keys)) if !keys.is_empty() => {
+                Ok(Some(Cond::NoKeySince { since, keys }))
+            }
+            (None, Some(_), _) => Err("if_no_key_since needs a non-empty \"keys\" list".into()),
+            (None, None, Some(_)) => Err("\"keys\" needs \"if_no_key_since\"".into()),
+            (Some(_), _, _) => {
+                Err("a batch takes one condition: if_next_seq, or if_no_key_since with keys".into())
+            }
+        }
+    }
 }
 
 fn line_error(e: LineError) -> String {
@@ -116,20 +162,20 @@ pub fn parse_line(line: &str) -> Result<Request, String> {
     }
     if is_batch(text) {
         let norm = json::normalize_nonfinite(text);
-        let b: BatchIn = serde_json::from_str(&norm).map_err(|e| {
-            format!("malformed batch (expected {{\"batch\":[event, ...]}}, optionally with \"if_next_seq\"): {e}")
+        let mut b: BatchIn = serde_json::from_str(&norm).map_err(|e| {
+            format!("malformed batch (expected {{\"batch\":[event, ...]}}, optionally with \"if_next_seq\" or \"if_no_key_since\" and \"keys\"): {e}")
         })?;
+        let cond = b.cond()?;
         if b.batch.is_empty() {
             return Err("empty batch".into());
         }
         let mut events = Vec::with_capacity(b.batch.len());
         for (i, item) in b.batch.iter().enumerate() {
-            let item = serde_json::to_string(item).map_err(|e| e.to_string())?;
-            let ev = json::parse_input_line(&item)
+            let ev = json::parse_input_line(item.get())
                 .map_err(|e| format!("batch item {i}: {}; nothing appended", line_error(e)))?;
             events.push(ev);
         }
-        return Ok(Request::Batch(events, b.if_next_seq));
+        return Ok(Request::Batch(events, cond));
     }
     // A line that parses as JSON has no bare NaN/Infinity tokens, so normalizing can wait until
     // the fast path fails.
@@ -306,6 +352,17 @@ pub fn write_conflict(out: &mut Vec<u8>, expected: u64, actual: u64, line: u64) 
     );
 }
 
+/// `{"error":"conflict: <reason>; nothing appended","next_seq":M,"line":L}` for an
+/// `if_no_key_since` batch.
+pub fn write_key_conflict(out: &mut Vec<u8>, reason: &str, actual: u64, line: u64) {
+    let msg = serde_json::to_string(&format!("conflict: {reason}; nothing appended"))
+        .expect("strings serialize");
+    let _ = writeln!(
+        out,
+        "{{\"error\":{msg},\"next_seq\":{actual},\"line\":{line}}}"
+    );
+}
+
 /// `{"bye":"...","line":L}`: L is the last line the server read; nothing after it was read.
 pub fn write_bye(out: &mut Vec<u8>, reason: &str, last_line_read: u64) {
     let r = serde_json::to_string(reason).expect("strings serialize");
@@ -380,7 +437,10 @@ mod tests {
             Ok(Request::Blank) => "blank".into(),
             Ok(Request::Event(e)) => format!("event {}", e.payload.kind()),
             Ok(Request::Batch(b, None)) => format!("batch {}", b.len()),
-            Ok(Request::Batch(b, Some(n))) => format!("batch {} if {n}", b.len()),
+            Ok(Request::Batch(b, Some(Cond::NextSeq(n)))) => format!("batch {} if {n}", b.len()),
+            Ok(Request::Batch(b, Some(Cond::NoKeySince { since, keys }))) => {
+                format!("batch {} unless {keys:?} since {since}", b.len())
+            }
             Ok(Request::Flush) => "flush".into(),
             Ok(Request::Acks(m)) => format!("acks {m:?}"),
             Ok(Request::Source(s)) => format!("source {}", s.kind),
@@ -404,6 +464,16 @@ mod tests {
             (
                 &format!(r#"{{"batch":[{EPOCH}],"if_next_seq":40}}"#),
                 "batch 1 if 40",
+            ),
+            (
+                &format!(
+                    r#"{{"batch":[{EPOCH}],"if_no_key_since":7,"keys":["ingest exp-001 m.jsonl","k2"]}}"#
+                ),
+                r#"batch 1 unless ["ingest exp-001 m.jsonl", "k2"] since 7"#,
+            ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"keys":["a"],"if_no_key_since":0}}"#),
+                r#"batch 1 unless ["a"] since 0"#,
             ),
             ("#flush", "flush"),
             ("#acks each", "acks Each"),
@@ -430,6 +500,32 @@ mod tests {
                 &format!(r#"{{"batch":[{EPOCH}],"x":1}}"#),
                 "malformed batch",
             ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"if_no_key_since":3}}"#),
+                "non-empty \"keys\"",
+            ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"if_no_key_since":3,"keys":[]}}"#),
+                "non-empty \"keys\"",
+            ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"keys":["a"]}}"#),
+                "needs \"if_no_key_since\"",
+            ),
+            (
+                &format!(
+                    r#"{{"batch":[{EPOCH}],"if_next_seq":3,"if_no_key_since":3,"keys":["a"]}}"#
+                ),
+                "one condition",
+            ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"if_no_key_since":3,"keys":"a"}}"#),
+                "malformed batch",
+            ),
+            (
+                &format!(r#"{{"batch":[{EPOCH}],"if_no_key_since":-1,"keys":["a"]}}"#),
+                "malformed batch",
+            ),
         ];
         for (line, want) in cases {
             let got = kind(line);
@@ -437,6 +533,31 @@ mod tests {
                 got.starts_with("error") && got.contains(want),
                 "{line:?}: {got}"
             );
+        }
+    }
+
+    /// Regression: batch items went through `serde_json::Value`, which sorts object keys, so an
+    /// alert appended through a server lost its subject (the first observed value) and watchers
+    /// no longer recognised it, appending it again.
+    #[test]
+    fn a_batch_keeps_the_order_of_metrics() {
+        let alert = r#"{"type":"AlertRaised","experiment_id":"exp-001","rule":"divergence.spike","severity":"warn","observed":{"train_loss":9,"previous":1.5,"a":NaN},"message":"m"}"#;
+        for line in [
+            alert.to_owned(),
+            format!(r#"{{"batch":[{alert},{{"payload":{alert}}}]}}"#),
+        ] {
+            let events = match parse_line(&line) {
+                Ok(Request::Event(e)) => vec![e],
+                Ok(Request::Batch(b, None)) => b,
+                other => panic!("{other:?}"),
+            };
+            for e in events {
+                let Payload::AlertRaised(a) = &e.payload else {
+                    panic!("wrong kind")
+                };
+                let names: Vec<&str> = a.observed.0.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(names, ["train_loss", "previous", "a"], "{line}");
+            }
         }
     }
 
@@ -486,6 +607,12 @@ mod tests {
         write_error(&mut out, "too many", None, true);
         write_bye(&mut out, "server shutting down", 9);
         write_conflict(&mut out, 40, 42, 10);
+        write_key_conflict(
+            &mut out,
+            "the event at seq 41 has key \"alert \\\"x\\\"\"",
+            43,
+            11,
+        );
         let text = String::from_utf8(out).unwrap();
         let r: Vec<Response> = text.lines().map(|l| Response::parse(l).unwrap()).collect();
         assert_eq!((r[0].seq, r[0].line), (Some(17), Some(3)));
@@ -501,5 +628,10 @@ mod tests {
         assert_eq!(r[6].line, Some(9));
         assert!(r[7].error.as_deref().unwrap().starts_with("conflict"));
         assert_eq!((r[7].next_seq, r[7].line), (Some(42), Some(10)));
+        assert_eq!(
+            r[8].error.as_deref(),
+            Some(r#"conflict: the event at seq 41 has key "alert \"x\""; nothing appended"#)
+        );
+        assert_eq!((r[8].next_seq, r[8].line), (Some(43), Some(11)));
     }
 }

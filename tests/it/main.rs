@@ -17,4 +17,5 @@ mod run;
 mod schemas;
 mod see;
 mod serve;
+mod serve_clients;
 mod torn_tail;
