@@ -219,6 +219,9 @@ pub enum Notice {
     },
     /// Another ingest of the same file advanced it; this one adopted its position.
     Adopted { path: PathBuf, position: Position },
+    /// A batch whose acknowledgement was lost with a `zolog serve` is in the log after all: this
+    /// ingest goes on from its position (nothing is appended twice).
+    Landed { path: PathBuf, position: Position },
     /// No line names an experiment and none was given (a final poll only).
     NoExperiment { path: PathBuf },
     /// The experiment was never minted in this store (the events are ingested anyway).
@@ -257,6 +260,13 @@ impl std::fmt::Display for Notice {
             Notice::Adopted { path, position } => write!(
                 f,
                 "{}: another ingest advanced this file to line {}, byte {}; continuing from there",
+                path.display(),
+                position.line,
+                position.offset
+            ),
+            Notice::Landed { path, position } => write!(
+                f,
+                "{}: the batch sent to a zolog serve that went away is in the log (up to line {}, byte {}); continuing from there",
                 path.display(),
                 position.line,
                 position.offset
@@ -536,6 +546,9 @@ pub struct Ingester {
     /// Most events in one batch: `max_batch_events`, halved whenever a batch is over a server's
     /// line limit.
     batch_limit: usize,
+    /// The IngestAdvanced of a batch sent to a server that went away before acknowledging it:
+    /// it may or may not be in the log, and the next catch-up tells which.
+    in_doubt: Option<IngestAdvanced>,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -599,6 +612,7 @@ impl Ingester {
             totals: Totals::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             batch_limit: usize::MAX,
+            in_doubt: None,
         };
         ing.batch_limit = ing.opts.max_batch_events.max(1);
         if let Some(found) = ing.catch_up()? {
@@ -688,15 +702,18 @@ impl Ingester {
         if self.exp.is_none() {
             self.exp = Some(a.experiment_id.clone());
         }
+        let ours = self.in_doubt.take().is_some_and(|d| d == a);
         self.pos = Position::from_advanced(&a);
         self.tail_len = None;
         self.file = None;
         if announce {
-            let n = Notice::Adopted {
-                path: self.opts.path.clone(),
-                position: self.pos.clone(),
-            };
-            self.notice(n);
+            let path = self.opts.path.clone();
+            let position = self.pos.clone();
+            self.notice(if ours {
+                Notice::Landed { path, position }
+            } else {
+                Notice::Adopted { path, position }
+            });
         }
     }
 
@@ -1120,9 +1137,9 @@ impl Ingester {
             line: pos.line,
             rejected: pos.rejected,
         };
-        let adv = codec::encode(&NewEvent::now(
+        let adv_bytes = codec::encode(&NewEvent::now(
             self.source.clone(),
-            Payload::IngestAdvanced(adv),
+            Payload::IngestAdvanced(adv.clone()),
         ));
         let mut parts: Vec<&[u8]> = Vec::with_capacity(batch.ends.len() + 1);
         let mut a = 0;
@@ -1130,7 +1147,7 @@ impl Ingester {
             parts.push(&batch.data[a..b]);
             a = b;
         }
-        parts.push(&adv);
+        parts.push(&adv_bytes);
         let store = self.store.clone();
         let mut appender = store.appender();
         let mut tries = 0;
@@ -1158,10 +1175,19 @@ impl Ingester {
                     self.batch_limit = (events / 2).max(1);
                     return Ok(false);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        Error::Serve(ServeError::Lost { .. } | ServeError::Connect { .. })
+                    ) {
+                        self.in_doubt = Some(adv);
+                    }
+                    return Err(e);
+                }
             }
         };
         self.own.push((r.first_seq, r.last_seq));
+        self.in_doubt = None;
         self.pos = pos;
         self.tail_len = Some(batch.tail_len);
         self.totals.events += batch.events();

@@ -678,3 +678,81 @@ fn zolog_run_works_while_a_server_runs() {
         .collect();
     assert_eq!(killed, ["checker"]);
 }
+
+/// A server that goes away after making a batch durable but before acknowledging it: the
+/// ingester cannot know whether the batch landed. Its next poll reads the log, finds its own
+/// IngestAdvanced, says so (not "another ingest"), and appends nothing twice.
+#[test]
+fn a_batch_whose_ack_was_lost_with_the_server_is_recognised_and_not_appended_again() {
+    use std::os::unix::net::UnixListener;
+    use zolog::ingest::{IngestOptions, Ingester, Notice};
+    use zolog::serve::protocol::{self, Request};
+
+    let p = Proj::new();
+    append_lines(&p.metrics(), 0, 5);
+    // The fake server holds the writer lock, as a real one does, so the ingester must use it.
+    let listener = UnixListener::bind(p.root.join(serve::SOCKET_NAME)).unwrap();
+    let store = p.store.clone();
+    let fake = std::thread::spawn(move || {
+        let mut w = store.writer().unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let mut out = conn.try_clone().unwrap();
+        out.write_all(b"{\"zolog\":\"0.1.0\",\"protocol\":1,\"max_line\":1048576,\"pid\":1}\n")
+            .unwrap();
+        let mut lines = BufReader::new(conn).lines();
+        let events = loop {
+            let line = lines
+                .next()
+                .expect("a batch before the client hangs up")
+                .unwrap();
+            match protocol::parse_line(&line) {
+                Ok(Request::Batch(events, Some(_))) => break events,
+                Ok(Request::Batch(..) | Request::Event(_)) => {
+                    panic!("expected a conditional batch, got {line:?}")
+                }
+                _ => {}
+            }
+        };
+        let src = Source::this_process(SourceKind::Trainer);
+        let payloads: Vec<Vec<u8>> = events
+            .into_iter()
+            .map(|e| zolog::event::codec::encode(&e.into_new(&src)))
+            .collect();
+        w.append(&payloads).unwrap();
+        // Durable, and the connection closes with no acknowledgement.
+        drop(out);
+        drop(w);
+        std::fs::remove_file(listener.local_addr().unwrap().as_pathname().unwrap()).unwrap();
+    });
+    let mut ing = Ingester::open(
+        p.store.clone(),
+        IngestOptions::new(p.metrics(), Some(exp(1))),
+    )
+    .unwrap();
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let n = notices.clone();
+    ing.set_sink(move |x| n.lock().unwrap().push(x.clone()));
+    let err = ing.poll(true).unwrap_err();
+    assert!(
+        matches!(err, Error::Serve(_)),
+        "the lost server is an error of this poll: {err}"
+    );
+    fake.join().unwrap();
+    // The server is gone: the ingester takes the lock itself, reads back its batch, goes on.
+    let out = ing.poll(true).unwrap();
+    assert_eq!(out.events, 0, "nothing appended twice: {out:?}");
+    let notices = notices.lock().unwrap().clone();
+    assert!(
+        notices
+            .iter()
+            .any(|x| matches!(x, Notice::Landed { position, .. } if position.line == 5)),
+        "{notices:?}"
+    );
+    assert!(
+        !notices.iter().any(|x| matches!(x, Notice::Adopted { .. })),
+        "its own batch is not another ingest's: {notices:?}"
+    );
+    append_lines(&p.metrics(), 5, 8);
+    assert_eq!(ing.poll(true).unwrap().events, 3);
+    check_exactly_once(&p, 8);
+}
