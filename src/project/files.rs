@@ -158,6 +158,20 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
     if todo.is_empty() {
         return Ok(w);
     }
+    write_durably(&todo).map(|()| w)
+}
+
+/// Write every job's file, atomically and durably, whatever it holds now: for the projections'
+/// own caches under `.zo/state/` (the curve shards), which are not files people read.
+pub(crate) fn write_cache(jobs: &[Job]) -> Result<()> {
+    write_durably(&jobs.iter().collect::<Vec<_>>())
+}
+
+/// The writing half of [`write_all`].
+fn write_durably(todo: &[&Job]) -> Result<()> {
+    if todo.is_empty() {
+        return Ok(());
+    }
     let io_err = |j: &Job, e: io::Error| Error::io("write", &j.path, e);
     if todo.len() >= BULK {
         let dir = todo[0].path.parent().unwrap_or(Path::new("."));
@@ -165,11 +179,10 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
             write_tmp(todo[i], false, false).map_err(|e| io_err(todo[i], e))
         })?;
         flush_fs(dir)?;
-        for j in &todo {
+        for j in todo {
             std::fs::rename(tmp_path(&j.path), &j.path).map_err(|e| io_err(j, e))?;
         }
-        flush_fs(dir)?;
-        return Ok(w);
+        return flush_fs(dir);
     }
     parallel(todo.len(), |i| {
         write_tmp(todo[i], true, true).map_err(|e| io_err(todo[i], e))
@@ -178,7 +191,7 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
         .iter()
         .map(|j| j.path.parent().unwrap_or(Path::new(".")).to_path_buf())
         .collect();
-    sync_dirs(dirs.into_iter().collect()).map(|()| w)
+    sync_dirs(dirs.into_iter().collect())
 }
 
 /// fsync directories (in parallel when there are many).
