@@ -161,10 +161,13 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
     write_durably(&todo).map(|()| w)
 }
 
-/// Write every job's file, atomically and durably, whatever it holds now: for the projections'
-/// own caches under `.zo/state/` (the curve shards), which are not files people read.
+/// Write every job's file atomically (temp file, rename), whatever it holds now, without fsync:
+/// for the projections' own caches under `.zo/state/` (the curve shards), which are checked
+/// before they are trusted, so that one that did not reach the disk is noticed, not used.
 pub(crate) fn write_cache(jobs: &[Job]) -> Result<()> {
-    write_durably(&jobs.iter().collect::<Vec<_>>())
+    parallel(jobs.len(), |i| {
+        write_tmp(&jobs[i], false, true).map_err(|e| Error::io("write", &jobs[i].path, e))
+    })
 }
 
 /// The writing half of [`write_all`].

@@ -15,8 +15,9 @@
 //!       shard that have samples: id, each metric's name and curve, the learning rate's curve
 //!       (src/project/wire.rs)
 //! ```
-//! A shard is written (temp file, fsync, rename, directory fsync) after the files and before the
-//! projection checkpoint, which records the seq every shard was last written at. It is trusted
+//! A shard is written (temp file, rename, no fsync: like the checkpoint, it is a cache checked
+//! before use) after the files and before the projection checkpoint, which records the seq every
+//! shard was last written at. It is trusted
 //! only if, in order: it exists (when the checkpoint says it was written), magic, version,
 //! length, CRC, it decodes, it is the shard its name says; its covers still describe this log
 //! (the checks of the checkpoint's, [`super::checkpoint::verify`]); it is no older than the
@@ -256,7 +257,9 @@ pub(crate) fn load(
 /// Write the shards in `which` from the state's curves (every experiment of them must have its
 /// curves loaded), as covering `covers`, and record in `seqs` the seq each was written at. A
 /// shard none of whose experiments has samples is removed instead (and its seq set to 0).
-/// Durable on return: written before the checkpoint that records the seqs.
+/// Written before the checkpoint that records the seqs, without fsync: a shard that did not
+/// reach the disk when that checkpoint did is older than the seq it records, or torn, and is then
+/// refused by [`load`].
 pub(crate) fn save(
     state_dir: &Path,
     state: &State,
@@ -274,8 +277,7 @@ pub(crate) fn save(
         }
     }
     let dir = state_dir.join(DIR);
-    let mut new_dirs = BTreeSet::new();
-    files::ensure_dir(&dir, &mut new_dirs)?;
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io("create directory", &dir, e))?;
     let mut jobs = Vec::new();
     for (&k, list) in &members {
         let mut entries = Vec::with_capacity(list.len());
@@ -305,7 +307,6 @@ pub(crate) fn save(
         }
     }
     files::write_cache(&jobs)?;
-    files::sync_dirs(new_dirs.into_iter().collect())?;
     Ok(jobs.len())
 }
 
