@@ -164,9 +164,12 @@ pub fn write_all(jobs: &[Job]) -> Result<Written> {
 /// Write every job's file atomically (temp file, rename), whatever it holds now, without fsync:
 /// for the projections' own caches under `.zo/state/` (the curve shards), which are checked
 /// before they are trusted, so that one that did not reach the disk is noticed, not used.
-pub(crate) fn write_cache(jobs: &[Job]) -> Result<()> {
-    parallel(jobs.len(), |i| {
-        write_tmp(&jobs[i], false, true).map_err(|e| Error::io("write", &jobs[i].path, e))
+/// The `n` jobs come from `job`, called on the writing threads, so that their bytes are made in
+/// parallel and never all held at once.
+pub(crate) fn write_cache(n: usize, job: impl Fn(usize) -> Job + Sync) -> Result<()> {
+    parallel(n, |i| {
+        let j = job(i);
+        write_tmp(&j, false, true).map_err(|e| Error::io("write", &j.path, e))
     })
 }
 

@@ -278,7 +278,7 @@ pub(crate) fn save(
     }
     let dir = state_dir.join(DIR);
     std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io("create directory", &dir, e))?;
-    let mut jobs = Vec::new();
+    let mut work = Vec::new();
     for (&k, list) in &members {
         let mut entries = Vec::with_capacity(list.len());
         for &i in list {
@@ -299,15 +299,18 @@ pub(crate) fn save(
             }
             seqs[k] = 0;
         } else {
-            jobs.push(Job {
-                path: p,
-                bytes: encode(k, covers, entries.into_iter()),
-            });
+            work.push((p, k, entries));
             seqs[k] = covers.seq;
         }
     }
-    files::write_cache(&jobs)?;
-    Ok(jobs.len())
+    files::write_cache(work.len(), |j| {
+        let (p, k, entries) = &work[j];
+        Job {
+            path: p.clone(),
+            bytes: encode(*k, covers, entries.iter().copied()),
+        }
+    })?;
+    Ok(work.len())
 }
 
 #[cfg(test)]
