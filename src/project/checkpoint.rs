@@ -279,7 +279,7 @@ pub fn save(state_dir: &Path, state: &State, covers: &Covers, shards: &[u64]) ->
         f.seek(std::io::SeekFrom::Start(0))?;
         f.write_all(&prefix)?;
         drop(f);
-        std::fs::rename(&tmp, &p)
+        super::files::replace_cache(&tmp, &p)
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
