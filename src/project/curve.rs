@@ -152,7 +152,7 @@ impl ExpCurves {
     /// anything else is refused, returning false (the caller's metrics and these curves
     /// disagree).
     #[must_use]
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, slot: u32, name: &str, epoch: u64, v: f64) -> bool {
         if slot == LR_SLOT {
             self.lr.get_or_insert_with(Curve::default).add(epoch, v);

@@ -221,7 +221,7 @@ pub(crate) fn load(
                     e.id
                 ))));
             }
-            e.curves = Some(Box::new(c));
+            e.curves = Some(c);
             after.insert(i as u32, from);
         }
     }
@@ -283,7 +283,7 @@ pub(crate) fn save(
         let mut entries = Vec::with_capacity(list.len());
         for &i in list {
             let e = &state.experiments[i];
-            let c = e.curves.as_deref().ok_or_else(|| {
+            let c = e.curves.as_ref().ok_or_else(|| {
                 crate::Error::Invalid(format!("curves of {} not loaded before saving", e.id))
             })?;
             if !c.is_empty() {

@@ -94,7 +94,7 @@ pub struct Experiment {
     pub(crate) detail: Detail,
     /// Its curves, when loaded: always for an experiment minted during this fold (it had no
     /// samples before), otherwise only once read from the curve cache. Never in the checkpoint.
-    pub(crate) curves: Option<Box<ExpCurves>>,
+    pub(crate) curves: Option<ExpCurves>,
 }
 
 /// What an experiment's run did and what agents and the checker said about it: everything but
@@ -385,7 +385,7 @@ impl Experiment {
             has_diagnosis: false,
             has_next: false,
             detail: Detail::default(),
-            curves: curves.then(Box::default),
+            curves: curves.then(ExpCurves::default),
         }
     }
 
@@ -400,7 +400,7 @@ impl Experiment {
 
     /// Its curves, if loaded (see [`crate::project::current_with_curves`]).
     pub fn curves(&self) -> Option<&ExpCurves> {
-        self.curves.as_deref()
+        self.curves.as_ref()
     }
 
     /// The registry's `next_ideas` strings: `label: idea`, or the idea alone.
@@ -710,38 +710,6 @@ pub fn apply_epoch(state: &mut State, seq: u64, time: Timestamp, e: &EpochView<'
     );
 }
 
-/// Where an epoch's curve samples go: into the experiment's curves when they are loaded, into
-/// the pending samples when they are not, nowhere when the state ignores curves.
-enum Sink<'a> {
-    Curves(&'a mut ExpCurves),
-    Pending {
-        pending: &'a mut Vec<Pending>,
-        seq: u64,
-        exp: u32,
-    },
-    Drop,
-}
-
-impl Sink<'_> {
-    fn add(&mut self, slot: u32, name: &str, epoch: u64, value: f64) {
-        match self {
-            Sink::Curves(c) => {
-                // The run's metrics and a curve set kept since the mint grow together.
-                let added = c.add(slot, name, epoch, value);
-                debug_assert!(added, "curve slot {slot} out of step");
-            }
-            Sink::Pending { pending, seq, exp } => pending.push(Pending {
-                seq: *seq,
-                exp: *exp,
-                slot,
-                epoch,
-                value,
-            }),
-            Sink::Drop => {}
-        }
-    }
-}
-
 impl State {
     #[allow(clippy::too_many_arguments)]
     fn epoch_ended<'m>(
@@ -754,26 +722,37 @@ impl State {
         wall_time_seconds: Option<f64>,
         time: Timestamp,
     ) {
+        // Where the curve samples go: into the experiment's curves when they are loaded, into
+        // the pending samples when they are not, nowhere when the state ignores curves.
         let e = &mut self.experiments[i];
         let run = &mut e.detail.get_mut().run;
-        let mut sink = match &mut e.curves {
-            Some(c) => Sink::Curves(c),
-            None if self.ignore_curves => Sink::Drop,
-            None => Sink::Pending {
-                pending: &mut self.pending,
-                seq,
-                exp: i as u32,
-            },
-        };
-        epoch_ended(
-            run,
-            &mut sink,
-            epoch,
-            metrics,
-            learning_rate,
-            wall_time_seconds,
-            time,
-        );
+        let (lr, wall) = (learning_rate, wall_time_seconds);
+        match &mut e.curves {
+            Some(c) => {
+                let sink = |slot, name: &str, epoch, v| {
+                    // The run's metrics and a curve set kept since the mint grow together.
+                    let added = c.add(slot, name, epoch, v);
+                    debug_assert!(added, "curve slot {slot} out of step");
+                };
+                epoch_ended(run, sink, epoch, metrics, lr, wall, time);
+            }
+            None if self.ignore_curves => {
+                epoch_ended(run, |_, _, _, _| {}, epoch, metrics, lr, wall, time)
+            }
+            None => {
+                let pending = &mut self.pending;
+                let sink = |slot, _: &str, epoch, value| {
+                    pending.push(Pending {
+                        seq,
+                        exp: i as u32,
+                        slot,
+                        epoch,
+                        value,
+                    })
+                };
+                epoch_ended(run, sink, epoch, metrics, lr, wall, time);
+            }
+        }
         if self.dirty.last_curve != Some(i) {
             self.dirty.curves.insert(i);
             self.dirty.last_curve = Some(i);
@@ -782,9 +761,11 @@ impl State {
     }
 }
 
+/// Fold an epoch into the run's aggregates; each curve sample goes to `sink` as (slot, metric
+/// name, epoch, value), slot [`LR_SLOT`] for the learning rate.
 fn epoch_ended<'m>(
     run: &mut Run,
-    sink: &mut Sink<'_>,
+    mut sink: impl FnMut(u32, &'m str, u64, f64),
     epoch: u64,
     metrics: impl Iterator<Item = (&'m str, f64)>,
     learning_rate: Option<f64>,
@@ -816,7 +797,7 @@ fn epoch_ended<'m>(
                 run.metrics.len() - 1
             }
         };
-        sink.add(s as u32, name, epoch, v);
+        sink(s as u32, name, epoch, v);
     }
     if let Some(lr) = learning_rate {
         match &mut run.lr {
@@ -834,7 +815,7 @@ fn epoch_ended<'m>(
                 })
             }
         }
-        sink.add(LR_SLOT, "", epoch, lr);
+        sink(LR_SLOT, "", epoch, lr);
     }
 }
 
