@@ -127,7 +127,7 @@ pub struct AlertMark {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Detail {
     raw: Option<(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>)>,
-    cell: std::cell::OnceCell<Details>,
+    cell: std::sync::OnceLock<Details>,
 }
 
 impl PartialEq for Detail {
@@ -140,7 +140,7 @@ impl Detail {
     pub(crate) fn from_raw(buf: &std::sync::Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Detail {
         Detail {
             raw: (!range.is_empty()).then(|| (buf.clone(), range)),
-            cell: std::cell::OnceCell::new(),
+            cell: std::sync::OnceLock::new(),
         }
     }
 
