@@ -235,7 +235,7 @@ pub fn verify(
     })
 }
 
-/// Save: a temp file renamed into place, without fsync. The checkpoint is a cache checked before
+/// Save: a temp file moved into place ([`super::files::replace_cache`]), without fsync. The checkpoint is a cache checked before
 /// it is trusted: after a crash it is either an older valid one (the next refresh folds a little
 /// more), or torn and discarded by its CRC (the next refresh rebuilds). It never covers more than
 /// the durable log, since it is saved after the events it covers were acknowledged.
