@@ -16,7 +16,7 @@ use crate::checker::{Role, classify};
 use crate::error::{Error, Result};
 use crate::event::{CheckpointReason, Severity};
 use crate::project::Experiment;
-use crate::project::curve::Curve;
+use crate::project::curve::{Curve, ExpCurves};
 use crate::project::fmt::g;
 
 /// The name the learning rate of `EpochEnded.learning_rate` is plotted under.
@@ -82,13 +82,12 @@ pub fn available(e: &Experiment) -> Vec<String> {
     names
 }
 
-fn curve<'a>(e: &'a Experiment, name: &str) -> Option<&'a Curve> {
-    let run = &e.details().run;
-    if let Some(m) = run.metrics.iter().find(|m| m.name == name) {
-        return Some(&m.curve);
+fn curve<'a>(curves: &'a ExpCurves, name: &str) -> Option<&'a Curve> {
+    if let Some(c) = curves.metric(name) {
+        return Some(c);
     }
     (name == LEARNING_RATE)
-        .then(|| run.lr.as_ref().map(|l| &l.curve))
+        .then_some(curves.lr.as_ref())
         .flatten()
 }
 
@@ -115,9 +114,15 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
 pub fn render(e: &Experiment, metrics: &[String]) -> Result<String> {
     let d = e.details();
     let run = &d.run;
+    let curves = e.curves().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: its curves are not loaded (project::current_with_curves loads them)",
+            e.id
+        ))
+    })?;
     let mut series = Vec::new();
     for name in metrics {
-        match curve(e, name) {
+        match curve(curves, name) {
             Some(c) => series.push((name.as_str(), c)),
             None => {
                 return Err(Error::Invalid(format!(

@@ -26,7 +26,7 @@ pub struct PlotArgs {
 
 pub fn plot(ctx: &Ctx, a: PlotArgs) -> Result<ExitCode> {
     let store = ctx.open_store()?;
-    let state = crate::project::current(&store)?;
+    let state = crate::project::current_with_curves(&store, std::slice::from_ref(&a.exp))?;
     let e = state
         .get(&a.exp)
         .ok_or_else(|| Error::UnknownExperiment(a.exp.clone()))?;

@@ -9,7 +9,9 @@
 //!  | magic  | version  | body_len   | body_crc  | body ...
 //!  |ZOPROJCK| u32      | u64        | u32 CRC-32 of body
 //! body: covers (seq N, position of record N in the log, header_crc of record N,
-//!       header_crc of record 1), then the state (src/project/wire.rs)
+//!       header_crc of record 1), the seq each curve shard was last written at (a list of
+//!       `shard::SHARDS` varints, 0 for never), then the state (src/project/wire.rs), which
+//!       holds no curves: those are in the curve cache (`super::shard`)
 //! ```
 //! Checks on load, in order: magic, version ([`VERSION`]: the state layout *and* the rendering
 //! of the files; bump it when either changes), length, CRC, decoding; then the identity of the
@@ -25,8 +27,9 @@ use crate::log::frame::{FrameHeader, SEGMENT_HEADER_LEN};
 use crate::log::{Log, RecordPos};
 
 pub const MAGIC: [u8; 8] = *b"ZOPROJCK";
-/// Bump when the state layout or any rendered file's bytes change.
-pub const VERSION: u32 = 2;
+/// Bump when the state layout or any rendered file's bytes change. 3: curves moved out to the
+/// curve cache, and the seq of every curve shard recorded.
+pub const VERSION: u32 = 3;
 pub const FILE_NAME: &str = "projections.ckpt";
 const PREFIX: usize = 24;
 
@@ -80,6 +83,8 @@ pub enum Loaded {
         state: Box<State>,
         covers: Covers,
         header: FrameHeader,
+        /// The seq each curve shard was last written at, as of this checkpoint.
+        shards: Vec<u64>,
     },
     /// No checkpoint (or one covering nothing): fold from the start.
     Missing,
@@ -91,10 +96,12 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 
-/// The bytes of a checkpoint.
-pub fn encode(state: &State, covers: &Covers) -> Vec<u8> {
+/// The bytes of a checkpoint. `shards`: the seq each curve shard was last written at
+/// ([`super::shard::SHARDS`] of them).
+pub fn encode(state: &State, covers: &Covers, shards: &[u64]) -> Vec<u8> {
     let mut body = Vec::with_capacity(1024 + 512 * state.experiments.len());
     covers.put(&mut body);
+    shards.to_vec().put(&mut body);
     wire::put_state(state, &mut body);
     let mut out = Vec::with_capacity(PREFIX + body.len());
     out.extend_from_slice(&MAGIC);
@@ -105,14 +112,17 @@ pub fn encode(state: &State, covers: &Covers) -> Vec<u8> {
     out
 }
 
+/// What a checkpoint holds: the state, what it covers, and the seq of every curve shard.
+pub type Decoded = (State, Covers, Vec<u64>);
+
 /// Decode a checkpoint's bytes (no log checks yet).
-pub fn decode(bytes: &[u8]) -> Result<(State, Covers), String> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
     decode_shared(&std::sync::Arc::new(bytes.to_vec()))
 }
 
 /// Decode a checkpoint held in a shared buffer: experiments' details stay ranges of it until
 /// something needs them.
-pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<(State, Covers), String> {
+pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<Decoded, String> {
     if bytes.len() < PREFIX || bytes[..8] != MAGIC {
         return Err("not a zolog projection checkpoint (bad magic or too short)".into());
     }
@@ -136,6 +146,14 @@ pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<(State, Covers),
     }
     let mut d = Dec::shared(bytes, PREFIX);
     let covers = Covers::get(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
+    let shards = Vec::<u64>::get(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
+    if shards.len() != super::shard::SHARDS {
+        return Err(format!(
+            "corrupt: {} curve shards, this zolog has {}",
+            shards.len(),
+            super::shard::SHARDS
+        ));
+    }
     let state = wire::get_state(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
     if !d.done() {
         return Err("corrupt: trailing bytes".into());
@@ -143,7 +161,7 @@ pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<(State, Covers),
     if state.seq != covers.seq {
         return Err("corrupt: state and header disagree on the seq covered".into());
     }
-    Ok((state, covers))
+    Ok((state, covers, shards))
 }
 
 /// Position of record 1: the first segment's first frame.
@@ -168,40 +186,60 @@ pub fn load(state_dir: &Path, log: &Log) -> crate::Result<Loaded> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
         Err(e) => return Ok(Loaded::Discarded(format!("unreadable: {e}"))),
     };
-    let (state, covers) = match decode_shared(&std::sync::Arc::new(bytes)) {
+    let (state, covers, shards) = match decode_shared(&std::sync::Arc::new(bytes)) {
         Ok(x) => x,
         Err(why) => return Ok(Loaded::Discarded(why)),
     };
-    let Some(pos) = covers.pos else {
+    if covers.pos.is_none() {
         return Ok(Loaded::Missing);
+    }
+    Ok(match verify(log, &covers, first_header_crc(log)?)? {
+        Ok(header) => Loaded::Valid {
+            state: Box::new(state),
+            covers,
+            header,
+            shards,
+        },
+        Err(why) => Loaded::Discarded(why),
+    })
+}
+
+/// Whether `covers` still describes `log`, given record 1's header CRC (`first`, from
+/// [`first_header_crc`]): record 1 must have the recorded header CRC (else it was made from
+/// another log: *foreign*), and record N must still be at the recorded position with the
+/// recorded header CRC (else the log was cut, or cut and regrown: *stale*). Returns record N's
+/// header, or why not.
+pub fn verify(
+    log: &Log,
+    covers: &Covers,
+    first: Option<u32>,
+) -> crate::Result<Result<FrameHeader, String>> {
+    let Some(pos) = covers.pos else {
+        return Ok(Err("covers no record".into()));
     };
-    if first_header_crc(log)? != Some(covers.first_header_crc) {
-        return Ok(Loaded::Discarded(
+    if first != Some(covers.first_header_crc) {
+        return Ok(Err(
             "foreign: it was made from another log (record 1 differs)".into(),
         ));
     }
-    match log.frame_header_at(&pos)? {
-        Some(h) if h.header_crc == covers.header_crc => Ok(Loaded::Valid {
-            state: Box::new(state),
-            covers,
-            header: h,
-        }),
-        Some(_) => Ok(Loaded::Discarded(format!(
+    Ok(match log.frame_header_at(&pos)? {
+        Some(h) if h.header_crc == covers.header_crc => Ok(h),
+        Some(_) => Err(format!(
             "stale: record {} is not the one it folded (the log was cut or replaced)",
             covers.seq
-        ))),
-        None => Ok(Loaded::Discarded(format!(
+        )),
+        None => Err(format!(
             "stale: the log no longer has record {} where it was",
             covers.seq
-        ))),
-    }
+        )),
+    })
 }
 
-/// Save: a temp file renamed into place, without fsync. The checkpoint is a cache checked before
+/// Save: a temp file moved into place ([`super::files::replace_cache`]), without fsync. The checkpoint is a cache checked before
 /// it is trusted: after a crash it is either an older valid one (the next refresh folds a little
 /// more), or torn and discarded by its CRC (the next refresh rebuilds). It never covers more than
 /// the durable log, since it is saved after the events it covers were acknowledged.
-pub fn save(state_dir: &Path, state: &State, covers: &Covers) -> crate::Result<()> {
+pub fn save(state_dir: &Path, state: &State, covers: &Covers, shards: &[u64]) -> crate::Result<()> {
     use std::io::{Seek, Write};
     std::fs::create_dir_all(state_dir)
         .map_err(|e| crate::Error::io("create directory", state_dir, e))?;
@@ -222,6 +260,7 @@ pub fn save(state_dir: &Path, state: &State, covers: &Covers) -> crate::Result<(
             r
         };
         covers.put(&mut piece);
+        shards.to_vec().put(&mut piece);
         wire::put_state_head(state, &mut piece);
         for e in &state.experiments {
             e.put(&mut piece);
@@ -240,7 +279,7 @@ pub fn save(state_dir: &Path, state: &State, covers: &Covers) -> crate::Result<(
         f.seek(std::io::SeekFrom::Start(0))?;
         f.write_all(&prefix)?;
         drop(f);
-        std::fs::rename(&tmp, &p)
+        super::files::replace_cache(&tmp, &p)
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -133,6 +133,54 @@ impl Curve {
     }
 }
 
+/// Slot of the learning rate in [`ExpCurves::add`] (metrics are numbered from 0 in the order they
+/// first appeared, as in the run's aggregates).
+pub const LR_SLOT: u32 = u32::MAX;
+
+/// One experiment's curves: each metric's (named, in the order the metrics first appeared, as
+/// `Run::metrics`) and the learning rate's. Kept out of the projection checkpoint, in the curve
+/// cache (`super::shard`), and loaded only for the experiments that need them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExpCurves {
+    pub metrics: Vec<(String, Curve)>,
+    pub lr: Option<Curve>,
+}
+
+impl ExpCurves {
+    /// Add a sample to the curve in `slot` ([`LR_SLOT`] for the learning rate). A metric slot is
+    /// either one that exists or the next one (a metric seen for the first time, named `name`);
+    /// anything else is refused, returning false (the caller's metrics and these curves
+    /// disagree).
+    #[must_use]
+    #[inline(always)]
+    pub fn add(&mut self, slot: u32, name: &str, epoch: u64, v: f64) -> bool {
+        if slot == LR_SLOT {
+            self.lr.get_or_insert_with(Curve::default).add(epoch, v);
+            return true;
+        }
+        let s = slot as usize;
+        match s.cmp(&self.metrics.len()) {
+            std::cmp::Ordering::Less => self.metrics[s].1.add(epoch, v),
+            std::cmp::Ordering::Equal => {
+                let mut c = Curve::default();
+                c.add(epoch, v);
+                self.metrics.push((name.to_owned(), c));
+            }
+            std::cmp::Ordering::Greater => return false,
+        }
+        true
+    }
+
+    /// The curve of a metric, by name.
+    pub fn metric(&self, name: &str) -> Option<&Curve> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty() && self.lr.is_none()
+    }
+}
+
 /// Items kept at a stride: all of them up to [`CAP`], then every second, fourth, ....
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thinned<T> {

@@ -12,6 +12,7 @@ pub mod diagnosis;
 pub mod files;
 pub mod fmt;
 pub mod registry;
+pub mod shard;
 pub mod state;
 mod wire;
 
@@ -24,7 +25,7 @@ use self::checkpoint::{Covers, Loaded};
 use self::files::Job;
 pub use self::state::{Experiment, State, apply};
 use crate::error::{Error, Result};
-use crate::event::codec;
+use crate::event::{ExpId, codec};
 use crate::log::{ReadError, Reader};
 use crate::store::Store;
 
@@ -53,13 +54,27 @@ pub struct Report {
 struct Folded {
     state: State,
     covers: Option<Covers>,
+    /// The seq each curve shard was last written at (`shard::SHARDS` of them; 0: never).
+    shards: Vec<u64>,
+    /// Folded from seq 1: every experiment's curves are in the state, and every shard is
+    /// written anew.
+    full: bool,
     /// Whether the state differs from the saved checkpoint.
     changed: bool,
     report: Report,
 }
 
+/// What a fold does with the curves of experiments whose curves are not loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Curves {
+    /// Keep their samples pending, to add once the curves are loaded (for writing or drawing).
+    Keep,
+    /// Drop their samples: the state is only read, never drawn nor saved.
+    Ignore,
+}
+
 /// Fold the log: from the checkpoint when `use_checkpoint` and it checks out, else from seq 1.
-fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
+fn fold(store: &Store, use_checkpoint: bool, curves: Curves) -> Result<Folded> {
     let started = std::time::Instant::now();
     let log = store.log();
     let loaded = if use_checkpoint {
@@ -67,20 +82,23 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
     } else {
         Loaded::Missing
     };
-    let (state, reader, covers, how) = match loaded {
+    let no_shards = || vec![0; shard::SHARDS];
+    let (mut state, reader, covers, shards, how) = match loaded {
         Loaded::Valid {
             state,
             covers,
             header,
+            shards,
         } => {
             let pos = covers.pos.expect("a valid checkpoint has a position");
             let reader = log.reader_after(&pos, &header)?;
-            (*state, reader, Some(covers), "used".to_owned())
+            (*state, reader, Some(covers), shards, "used".to_owned())
         }
         Loaded::Missing => (
             State::new(),
             log.reader(1),
             None,
+            no_shards(),
             if use_checkpoint {
                 "missing"
             } else {
@@ -94,10 +112,12 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
                 State::new(),
                 log.reader(1),
                 None,
+                no_shards(),
                 format!("discarded: {why}"),
             )
         }
     };
+    state.ignore_curves = curves == Curves::Ignore;
     tracing::debug!(checkpoint = %how, elapsed = ?started.elapsed(), "projection state loaded");
     let reused = covers.is_some();
     let mut folded = Folded {
@@ -108,6 +128,8 @@ fn fold(store: &Store, use_checkpoint: bool) -> Result<Folded> {
         },
         state,
         covers,
+        shards,
+        full: !reused,
         changed: !reused,
     };
     fold_on(store, &mut folded, reader)?;
@@ -231,9 +253,31 @@ fn fold_records(reader: Reader, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> 
 }
 
 /// The state at the end of the log, for commands that only read: the checkpoint plus what came
-/// after it, folded in memory. Writes nothing.
+/// after it, folded in memory. Writes nothing, and reads no curve (experiments' `curves()` are
+/// `None` unless minted after the checkpoint): see [`current_with_curves`].
 pub fn current(store: &Store) -> Result<State> {
-    Ok(fold(store, true)?.state)
+    Ok(fold(store, true, Curves::Ignore)?.state)
+}
+
+/// [`current`], with the curves of the experiments `ids` loaded from the curve cache (for
+/// drawing them). Waits for a refresh in progress. Writes nothing; when the curve cache cannot
+/// be trusted, folds the whole log in memory instead.
+pub fn current_with_curves(store: &Store, ids: &[ExpId]) -> Result<State> {
+    let _lock = lock(store)?;
+    let mut folded = fold(store, true, Curves::Keep)?;
+    let wanted: BTreeSet<usize> = ids.iter().map(shard::of).collect();
+    if let Err(why) = shard::load(
+        &store.state_dir(),
+        store.log(),
+        &mut folded.state,
+        &folded.shards,
+        &wanted,
+    )? {
+        tracing::warn!("curve cache not used, folding the whole log: {why}");
+        folded = fold(store, false, Curves::Keep)?;
+    }
+    folded.state.pending.clear();
+    Ok(folded.state)
 }
 
 /// The state at the end of the log (as [`current`]), kept with where reading stopped, so that
@@ -257,7 +301,7 @@ impl Current {
 
 /// [`current`], ready for [`refresh_from`].
 pub fn load(store: &Store) -> Result<Current> {
-    fold(store, true).map(Current)
+    fold(store, true, Curves::Keep).map(Current)
 }
 
 /// Bring every projection up to date with the log. Every command that appends calls this after
@@ -269,7 +313,7 @@ pub fn refresh(store: &Store) -> Result<()> {
 /// [`refresh`], saying what it did.
 pub fn refresh_report(store: &Store) -> Result<Report> {
     let _lock = lock(store)?;
-    let folded = fold(store, true)?;
+    let folded = fold(store, true, Curves::Keep)?;
     write(store, folded).map(|(report, _)| report)
 }
 
@@ -294,7 +338,7 @@ pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, Current)> {
     };
     match reader {
         Some(r) => fold_on(store, &mut folded, r)?,
-        None => folded = fold(store, true)?,
+        None => folded = fold(store, true, Curves::Keep)?,
     }
     write(store, folded)
 }
@@ -303,7 +347,7 @@ pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, Current)> {
 /// then save a new checkpoint.
 pub fn rebuild(store: &Store) -> Result<Report> {
     let _lock = lock(store)?;
-    let mut folded = fold(store, false)?;
+    let mut folded = fold(store, false, Curves::Keep)?;
     folded.state.mark_all_dirty();
     folded.changed = true;
     write(store, folded).map(|(report, _)| report)
@@ -328,12 +372,142 @@ fn lock(store: &Store) -> Result<File> {
 /// Experiments rendered per write pass: bounds the memory a rebuild holds in rendered bytes.
 const CHUNK: usize = 2048;
 
-/// Write what changed, then save the checkpoint. Returns the state, now clean.
-fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
+/// Load the curves that writing needs: those of every experiment in a shard about to be
+/// written (a shard is written whole) and of every experiment whose curves.svg is drawn again.
+/// Returns the shards to write, or why the curve cache cannot be trusted.
+fn prepare_curves(
+    store: &Store,
+    f: &mut Folded,
+) -> Result<std::result::Result<BTreeSet<usize>, String>> {
+    if f.full {
+        return Ok(Ok((0..shard::SHARDS).collect()));
+    }
+    let state = &f.state;
+    let write: BTreeSet<usize> = state
+        .dirty
+        .curves
+        .iter()
+        .map(|&i| shard::of(&state.experiments[i].id))
+        .collect();
+    let mut wanted = write.clone();
+    for &i in &state.dirty.experiments {
+        let e = &state.experiments[i];
+        if e.curves.is_none() && e.has_diagnosis && crate::plot::has_samples(e) {
+            wanted.insert(shard::of(&e.id));
+        }
+    }
+    let loaded = shard::load(
+        &store.state_dir(),
+        store.log(),
+        &mut f.state,
+        &f.shards,
+        &wanted,
+    )?;
+    debug_assert!(loaded.is_err() || f.state.pending.is_empty());
+    Ok(loaded.map(|()| write))
+}
+
+/// The files of one experiment: diagnosis.md and curves.svg once anything happened to it,
+/// next.md once it had next ideas or advice.
+fn render_experiment(exp_root: &std::path::Path, e: &Experiment) -> Result<Vec<Job>> {
+    let dir = exp_root.join(e.id.as_str());
+    let mut jobs = Vec::with_capacity(3);
+    if e.has_diagnosis {
+        jobs.push(Job {
+            path: dir.join("diagnosis.md"),
+            bytes: diagnosis::render_diagnosis(e).into_bytes(),
+        });
+        if crate::plot::has_samples(e) {
+            if e.curves.is_none() {
+                return Err(Error::Invalid(format!(
+                    "{}: curves not loaded before drawing curves.svg",
+                    e.id
+                )));
+            }
+            let metrics = crate::plot::default_metrics(e);
+            match crate::plot::render(e, &metrics) {
+                Ok(svg) => jobs.push(Job {
+                    path: dir.join(diagnosis::CURVES_FILE),
+                    bytes: svg.into_bytes(),
+                }),
+                // A plot that cannot be drawn must not hold back the other files.
+                Err(err) => tracing::warn!("{}: curves.svg not drawn: {err}", e.id),
+            }
+        }
+    }
+    if e.has_next {
+        jobs.push(Job {
+            path: dir.join("next.md"),
+            bytes: diagnosis::render_next(e).into_bytes(),
+        });
+    }
+    Ok(jobs)
+}
+
+/// Experiments rendered on one thread before the work is spread over the cores.
+const RENDER_ALONE: usize = 64;
+
+/// The files of the experiments `which`, in that order: rendered on every core when there are
+/// many (a rebuild draws 10,000 SVGs).
+fn render_experiments(
+    exp_root: &std::path::Path,
+    state: &State,
+    which: &[usize],
+) -> Result<Vec<Job>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if which.len() < RENDER_ALONE || threads < 2 {
+        let mut jobs = Vec::new();
+        for &i in which {
+            jobs.extend(render_experiment(exp_root, &state.experiments[i])?);
+        }
+        return Ok(jobs);
+    }
+    let parts: Vec<Result<Vec<Job>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = which
+            .chunks(which.len().div_ceil(threads))
+            .map(|part| {
+                s.spawn(move || -> Result<Vec<Job>> {
+                    let mut jobs = Vec::new();
+                    for &i in part {
+                        jobs.extend(render_experiment(exp_root, &state.experiments[i])?);
+                    }
+                    Ok(jobs)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rendering thread panicked"))
+            .collect()
+    });
+    let mut jobs = Vec::new();
+    for p in parts {
+        jobs.extend(p?);
+    }
+    Ok(jobs)
+}
+
+/// Write what changed, then the curve shards, then save the checkpoint. Returns the state, now
+/// clean.
+fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
     let started = std::time::Instant::now();
+    let write_shards = match prepare_curves(store, &mut folded)? {
+        Ok(w) => w,
+        Err(why) => {
+            tracing::warn!("curve cache discarded, rebuilding from the log: {why}");
+            let mut full = fold(store, false, Curves::Keep)?;
+            full.state.mark_all_dirty();
+            full.report.checkpoint = format!("discarded: {why}");
+            folded = full;
+            (0..shard::SHARDS).collect()
+        }
+    };
+    tracing::debug!(shards = write_shards.len(), elapsed = ?started.elapsed(), "curves loaded");
     let Folded {
         mut state,
         covers,
+        mut shards,
+        full: _,
         changed,
         mut report,
     } = folded;
@@ -355,33 +529,12 @@ fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
     let dirty_exps: Vec<usize> = dirty.experiments.into_iter().collect();
     for chunk in dirty_exps.chunks(CHUNK) {
         for &i in chunk {
-            let e = &state.experiments[i];
-            let dir = exp_root.join(e.id.as_str());
-            files::ensure_dir(&dir, &mut new_dirs)?;
-            if e.has_diagnosis {
-                jobs.push(Job {
-                    path: dir.join("diagnosis.md"),
-                    bytes: diagnosis::render_diagnosis(e).into_bytes(),
-                });
-                if crate::plot::has_samples(e) {
-                    let metrics = crate::plot::default_metrics(e);
-                    match crate::plot::render(e, &metrics) {
-                        Ok(svg) => jobs.push(Job {
-                            path: dir.join(diagnosis::CURVES_FILE),
-                            bytes: svg.into_bytes(),
-                        }),
-                        // A plot that cannot be drawn must not hold back the other files.
-                        Err(err) => tracing::warn!("{}: curves.svg not drawn: {err}", e.id),
-                    }
-                }
-            }
-            if e.has_next {
-                jobs.push(Job {
-                    path: dir.join("next.md"),
-                    bytes: diagnosis::render_next(e).into_bytes(),
-                });
-            }
+            files::ensure_dir(
+                &exp_root.join(state.experiments[i].id.as_str()),
+                &mut new_dirs,
+            )?;
         }
+        jobs.extend(render_experiments(&exp_root, &state, chunk)?);
         let w = files::write_all(&jobs)?;
         report.files_written += w.written;
         report.files_unchanged += w.unchanged;
@@ -399,9 +552,13 @@ fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
         elapsed = ?started.elapsed(),
         "projection files written"
     );
+    if let Some(c) = &covers {
+        let n = shard::save(&store.state_dir(), &state, c, &write_shards, &mut shards)?;
+        tracing::debug!(written = n, elapsed = ?started.elapsed(), "curve shards saved");
+    }
     state.clear_dirty();
     if changed && let Some(c) = covers {
-        checkpoint::save(&store.state_dir(), &state, &c)?;
+        checkpoint::save(&store.state_dir(), &state, &c, &shards)?;
         tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
     }
     let next = Report {
@@ -417,6 +574,8 @@ fn write(store: &Store, folded: Folded) -> Result<(Report, Current)> {
         Current(Folded {
             state,
             covers,
+            shards,
+            full: false,
             changed: false,
             report: next,
         }),

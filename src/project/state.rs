@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::curve::{Curve, Thinned};
+use super::curve::{ExpCurves, LR_SLOT, Thinned};
 
 use crate::event::codec::EpochView;
 use crate::event::{
@@ -35,6 +35,25 @@ pub struct State {
     pub(crate) hot: Option<usize>,
     /// What changed since the state was loaded (not persisted).
     pub(crate) dirty: Dirty,
+    /// Curve samples of experiments whose curves are not loaded (they live in the curve cache,
+    /// `super::shard`), in seq order, to add once those are loaded. Bounded by the events folded
+    /// since the checkpoint. Not persisted.
+    pub(crate) pending: Vec<Pending>,
+    /// Drop curve samples of experiments whose curves are not loaded, instead of keeping them
+    /// in `pending`: for commands that only read and never draw.
+    pub(crate) ignore_curves: bool,
+}
+
+/// A curve sample folded while its experiment's curves were not loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pending {
+    pub seq: u64,
+    /// Position in `State::experiments`.
+    pub exp: u32,
+    /// Index in the run's metrics, or [`LR_SLOT`].
+    pub slot: u32,
+    pub epoch: u64,
+    pub value: f64,
 }
 
 /// Which files need rendering again.
@@ -46,6 +65,9 @@ pub(crate) struct Dirty {
     pub experiments: BTreeSet<usize>,
     /// The last one inserted (most events repeat it).
     pub last: Option<usize>,
+    /// Experiments (by index) whose curves got samples (folded in, or pending).
+    pub curves: BTreeSet<usize>,
+    pub last_curve: Option<usize>,
 }
 
 /// One experiment: its registry entry and what its run did.
@@ -70,6 +92,9 @@ pub struct Experiment {
     pub has_next: bool,
     /// Everything else: decoded from the checkpoint only when needed.
     pub(crate) detail: Detail,
+    /// Its curves, when loaded: always for an experiment minted during this fold (it had no
+    /// samples before), otherwise only once read from the curve cache. Never in the checkpoint.
+    pub(crate) curves: Option<ExpCurves>,
 }
 
 /// What an experiment's run did and what agents and the checker said about it: everything but
@@ -102,7 +127,7 @@ pub struct AlertMark {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Detail {
     raw: Option<(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>)>,
-    cell: std::cell::OnceCell<Details>,
+    cell: std::sync::OnceLock<Details>,
 }
 
 impl PartialEq for Detail {
@@ -115,7 +140,7 @@ impl Detail {
     pub(crate) fn from_raw(buf: &std::sync::Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Detail {
         Detail {
             raw: (!range.is_empty()).then(|| (buf.clone(), range)),
-            cell: std::cell::OnceCell::new(),
+            cell: std::sync::OnceLock::new(),
         }
     }
 
@@ -201,8 +226,6 @@ pub struct MetricAgg {
     /// NaN or ±Inf samples, and the first of them.
     pub nonfinite: u64,
     pub first_nonfinite: Option<(u64, f64)>,
-    /// The series itself, bounded (for plots).
-    pub curve: Curve,
 }
 
 impl MetricAgg {
@@ -217,17 +240,11 @@ impl MetricAgg {
             max: fin,
             nonfinite: u64::from(!v.is_finite()),
             first_nonfinite: (!v.is_finite()).then_some((epoch, v)),
-            curve: {
-                let mut c = Curve::default();
-                c.add(epoch, v);
-                c
-            },
         }
     }
 
     fn add(&mut self, epoch: u64, v: f64) {
         self.count += 1;
-        self.curve.add(epoch, v);
         self.last = (epoch, v);
         if v.is_finite() {
             if self.min.is_none_or(|(_, m)| v < m) {
@@ -262,8 +279,6 @@ pub struct LrAgg {
     pub last: (u64, f64),
     pub min: f64,
     pub max: f64,
-    /// The series itself, bounded (for plots).
-    pub curve: Curve,
 }
 
 /// Checkpoints taken: counts by reason, and the latest and best one.
@@ -354,7 +369,7 @@ pub struct Kill {
 }
 
 impl Experiment {
-    fn minted(m: &ExperimentMinted, time: Timestamp) -> Experiment {
+    fn minted(m: &ExperimentMinted, time: Timestamp, curves: bool) -> Experiment {
         Experiment {
             id: m.experiment_id.clone(),
             phase: m.phase.clone(),
@@ -370,6 +385,7 @@ impl Experiment {
             has_diagnosis: false,
             has_next: false,
             detail: Detail::default(),
+            curves: curves.then(ExpCurves::default),
         }
     }
 
@@ -380,6 +396,11 @@ impl Experiment {
 
     pub(crate) fn details_mut(&mut self) -> &mut Details {
         self.detail.get_mut()
+    }
+
+    /// Its curves, if loaded (see [`crate::project::current_with_curves`]).
+    pub fn curves(&self) -> Option<&ExpCurves> {
+        self.curves.as_ref()
     }
 
     /// The registry's `next_ideas` strings: `label: idea`, or the idea alone.
@@ -492,7 +513,10 @@ pub fn apply(state: &mut State, ev: &Event) {
             return;
         }
         let i = state.experiments.len();
-        state.experiments.push(Experiment::minted(m, ev.time));
+        let curves = !state.ignore_curves;
+        state
+            .experiments
+            .push(Experiment::minted(m, ev.time, curves));
         state.index.insert(m.experiment_id.as_str().to_owned(), i);
         state.dirty.registry = true;
         state.dirty.experiments.insert(i);
@@ -563,17 +587,16 @@ pub fn apply(state: &mut State, ev: &Event) {
             state.touch(i);
         }
         Payload::EpochEnded(e) => {
-            let run = &mut state.experiments[i].details_mut().run;
             let metrics = e.metrics.0.iter().map(|(n, v)| (n.as_str(), *v));
-            epoch_ended(
-                run,
+            state.epoch_ended(
+                i,
+                ev.seq,
                 e.epoch,
                 metrics,
                 e.learning_rate,
                 e.wall_time_seconds,
                 ev.time,
             );
-            state.touch(i);
         }
         Payload::CheckpointSaved(c) => {
             checkpoint_saved(&mut state.experiments[i].details_mut().run.checkpoints, c);
@@ -675,21 +698,74 @@ pub fn apply_epoch(state: &mut State, seq: u64, time: Timestamp, e: &EpochView<'
         state.ignored += 1;
         return;
     };
-    let run = &mut state.experiments[i].details_mut().run;
     let metrics = e.metrics.iter().copied();
-    epoch_ended(
-        run,
+    state.epoch_ended(
+        i,
+        seq,
         e.epoch,
         metrics,
         e.learning_rate,
         e.wall_time_seconds,
         time,
     );
-    state.touch(i);
 }
 
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    fn epoch_ended<'m>(
+        &mut self,
+        i: usize,
+        seq: u64,
+        epoch: u64,
+        metrics: impl Iterator<Item = (&'m str, f64)>,
+        learning_rate: Option<f64>,
+        wall_time_seconds: Option<f64>,
+        time: Timestamp,
+    ) {
+        // Where the curve samples go: into the experiment's curves when they are loaded, into
+        // the pending samples when they are not, nowhere when the state ignores curves.
+        let e = &mut self.experiments[i];
+        let run = &mut e.detail.get_mut().run;
+        let (lr, wall) = (learning_rate, wall_time_seconds);
+        match &mut e.curves {
+            Some(c) => {
+                let sink = |slot, name: &str, epoch, v| {
+                    // The run's metrics and a curve set kept since the mint grow together.
+                    let added = c.add(slot, name, epoch, v);
+                    debug_assert!(added, "curve slot {slot} out of step");
+                };
+                epoch_ended(run, sink, epoch, metrics, lr, wall, time);
+            }
+            None if self.ignore_curves => {
+                epoch_ended(run, |_, _, _, _| {}, epoch, metrics, lr, wall, time)
+            }
+            None => {
+                let pending = &mut self.pending;
+                let sink = |slot, _: &str, epoch, value| {
+                    pending.push(Pending {
+                        seq,
+                        exp: i as u32,
+                        slot,
+                        epoch,
+                        value,
+                    })
+                };
+                epoch_ended(run, sink, epoch, metrics, lr, wall, time);
+            }
+        }
+        if self.dirty.last_curve != Some(i) {
+            self.dirty.curves.insert(i);
+            self.dirty.last_curve = Some(i);
+        }
+        self.touch(i);
+    }
+}
+
+/// Fold an epoch into the run's aggregates; each curve sample goes to `sink` as (slot, metric
+/// name, epoch, value), slot [`LR_SLOT`] for the learning rate.
 fn epoch_ended<'m>(
     run: &mut Run,
+    mut sink: impl FnMut(u32, &'m str, u64, f64),
     epoch: u64,
     metrics: impl Iterator<Item = (&'m str, f64)>,
     learning_rate: Option<f64>,
@@ -711,10 +787,17 @@ fn epoch_ended<'m>(
             Some(m) if m.name == name => Some(k),
             _ => run.metrics.iter().position(|m| m.name == name),
         };
-        match slot {
-            Some(s) => run.metrics[s].add(epoch, v),
-            None => run.metrics.push(MetricAgg::new(name, epoch, v)),
-        }
+        let s = match slot {
+            Some(s) => {
+                run.metrics[s].add(epoch, v);
+                s
+            }
+            None => {
+                run.metrics.push(MetricAgg::new(name, epoch, v));
+                run.metrics.len() - 1
+            }
+        };
+        sink(s as u32, name, epoch, v);
     }
     if let Some(lr) = learning_rate {
         match &mut run.lr {
@@ -722,20 +805,17 @@ fn epoch_ended<'m>(
                 a.last = (epoch, lr);
                 a.min = a.min.min(lr);
                 a.max = a.max.max(lr);
-                a.curve.add(epoch, lr);
             }
             None => {
-                let mut curve = Curve::default();
-                curve.add(epoch, lr);
                 run.lr = Some(LrAgg {
                     first: (epoch, lr),
                     last: (epoch, lr),
                     min: lr,
                     max: lr,
-                    curve,
                 })
             }
         }
+        sink(LR_SLOT, "", epoch, lr);
     }
 }
 

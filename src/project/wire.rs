@@ -7,7 +7,7 @@ use crate::event::{
     CheckpointReason, ExpId, ExperimentStatus, Metrics, NextIdea, OracleTier, Severity, Timestamp,
 };
 
-use super::curve::{Bucket, Curve, Thinned};
+use super::curve::{Bucket, Curve, ExpCurves, Thinned};
 use super::state::{
     AlertAgg, AlertMark, Checkpoints, Ckpt, Detail, Details, Ended, Experiment, Kill, LrAgg,
     MetricAgg, REASONS, ResultState, Run, State, reason_index,
@@ -331,15 +331,13 @@ struct_wire!(MetricAgg {
     min,
     max,
     nonfinite,
-    first_nonfinite,
-    curve
+    first_nonfinite
 });
 struct_wire!(LrAgg {
     first,
     last,
     min,
-    max,
-    curve
+    max
 });
 struct_wire!(AlertMark {
     epoch,
@@ -347,6 +345,7 @@ struct_wire!(AlertMark {
     rule
 });
 struct_wire!(Curve { width, buckets });
+struct_wire!(ExpCurves { metrics, lr });
 
 impl<T: Wire> Wire for Thinned<T> {
     fn put(&self, out: &mut Vec<u8>) {
@@ -526,6 +525,7 @@ impl Wire for Experiment {
                     }
                 }
             },
+            curves: None,
         })
     }
 }

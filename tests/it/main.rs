@@ -5,6 +5,7 @@ mod checker;
 mod checkpoints;
 mod cli_append;
 mod common;
+mod curve_cache;
 mod doc_commands;
 mod exp_cli;
 mod fixture;

@@ -763,6 +763,14 @@ proptest! {
         project::refresh(&f.store).unwrap();
         let incremental = snapshot(&f.exp_dir());
         let state_incremental = project::current(&f.store).unwrap();
+        // Every experiment's curves, as the curve cache holds them.
+        let ids: Vec<ExpId> = state_incremental.experiments.iter().map(|e| e.id.clone()).collect();
+        let curves_incremental: Vec<String> = project::current_with_curves(&f.store, &ids)
+            .unwrap()
+            .experiments
+            .iter()
+            .map(|e| format!("{:?}", e.curves().expect("loaded")))
+            .collect();
 
         std::fs::remove_dir_all(f.exp_dir()).unwrap();
         std::fs::remove_dir_all(f.store.state_dir()).unwrap();
@@ -775,7 +783,13 @@ proptest! {
         }
         // Compared as checkpoint bytes: floats by their bits, so NaN equals NaN.
         let covers = checkpoint::Covers { seq: fresh.seq, pos: None, header_crc: 0, first_header_crc: 0 };
-        prop_assert!(checkpoint::encode(&state_incremental, &covers) == checkpoint::encode(&fresh, &covers));
+        prop_assert!(checkpoint::encode(&state_incremental, &covers, &[]) == checkpoint::encode(&fresh, &covers, &[]));
+        let curves_fresh: Vec<String> = fresh
+            .experiments
+            .iter()
+            .map(|e| format!("{:?}", e.curves().expect("minted in this fold")))
+            .collect();
+        prop_assert_eq!(curves_incremental, curves_fresh);
     }
 }
 

@@ -514,11 +514,19 @@ fn watch_shows_a_live_panel_in_a_real_terminal_and_q_exits_cleanly() {
 fn the_projection_checkpoint_stays_bounded_as_epochs_grow() {
     // Per-experiment state is bounded by metrics, not samples: curves keep at most `CAP` buckets.
     let p = Proj::new();
+    // The checkpoint and the run's curve shard (.zo/state/curves/), together.
     let size = |p: &Proj| {
         zolog::project::refresh(&p.store).unwrap();
-        std::fs::metadata(p.store.state_dir().join("projections.ckpt"))
+        let dir = p.store.state_dir();
+        let shards: u64 = std::fs::read_dir(dir.join(zolog::project::shard::DIR))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(shards > 0, "the curves are in the curve cache");
+        std::fs::metadata(dir.join("projections.ckpt"))
             .unwrap()
             .len()
+            + shards
     };
     for e in 0..1000u64 {
         p.epoch(e, 1.0 / (e as f64 + 1.0), 1.0);
