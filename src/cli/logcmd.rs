@@ -337,6 +337,8 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
         ),
     };
     let source = Source::this_process(a.source.into());
+    // The projection state loads on another core while the input is parsed and appended.
+    let projections = crate::project::preload(&store);
     // Parsing is most of the work: one parser per core, the writer (this thread) mostly waits
     // for fdatasync.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -401,8 +403,10 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
             last_seq = Some(r.last_seq);
         }
     }
+    // The loading thread may warn (a discarded checkpoint, say): let go of stderr first.
+    drop(stderr);
     if appended > 0 {
-        crate::project::refresh(&store)?;
+        projections.refresh()?;
     }
     let mut stdout = io::stdout().lock();
     if a.json {

@@ -61,8 +61,18 @@ struct Folded {
     full: bool,
     /// Whether the state differs from the saved checkpoint.
     changed: bool,
+    /// The seq of the checkpoint on disk this state was folded on from; `None` when there is
+    /// none to trust (missing, discarded, a rebuild).
+    on_disk: Option<u64>,
     report: Report,
 }
+
+/// A refresh saves the projection checkpoint only once it lags this many events behind the
+/// state (or when there is no checkpoint to trust): saving rewrites the whole checkpoint (6.5 MB
+/// at 10,000 experiments), and folding a few hundred events again from the older one costs far
+/// less. The older checkpoint stays exact for the log prefix it covers, so nothing is ever wrong,
+/// only folded again.
+pub const SAVE_EVERY_EVENTS: u64 = 512;
 
 /// What a fold does with the curves of experiments whose curves are not loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +141,7 @@ fn fold(store: &Store, use_checkpoint: bool, curves: Curves) -> Result<Folded> {
         shards,
         full: !reused,
         changed: !reused,
+        on_disk: covers.map(|c| c.seq),
     };
     fold_on(store, &mut folded, reader)?;
     tracing::debug!(events = folded.report.events, elapsed = ?started.elapsed(), "log folded");
@@ -343,6 +354,41 @@ pub fn refresh_from(store: &Store, cur: Current) -> Result<(Report, Current)> {
     write(store, folded)
 }
 
+/// A [`load`] running on another thread while the caller appends: the checkpoint is read and
+/// decoded on one core while the log writer opens (it reads the last segment) and syncs on the
+/// other, and [`Preloaded::refresh`] then folds only what came since. Nothing is locked while it
+/// loads, and it writes nothing.
+pub struct Preloaded {
+    store: Store,
+    loading: std::thread::JoinHandle<Result<Current>>,
+}
+
+/// Start loading the projection state for a refresh after an append.
+pub fn preload(store: &Store) -> Preloaded {
+    let s = store.clone();
+    Preloaded {
+        store: store.clone(),
+        loading: std::thread::spawn(move || load(&s)),
+    }
+}
+
+impl Preloaded {
+    /// [`refresh`], from the state loaded meanwhile (or from scratch if loading failed: a
+    /// refresh reports its own error).
+    pub fn refresh(self) -> Result<Report> {
+        match self.loading.join() {
+            Ok(Ok(cur)) => refresh_from(&self.store, cur).map(|(report, _)| report),
+            Ok(Err(e)) => {
+                tracing::debug!("preloading the projection state failed ({e}); refreshing anew");
+                refresh_report(&self.store)
+            }
+            Err(_) => Err(Error::Invalid(
+                "the thread loading the projection state panicked".into(),
+            )),
+        }
+    }
+}
+
 /// Regenerate every projection from the log alone (the checkpoint is neither read nor trusted),
 /// then save a new checkpoint.
 pub fn rebuild(store: &Store) -> Result<Report> {
@@ -509,6 +555,7 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
         mut shards,
         full: _,
         changed,
+        mut on_disk,
         mut report,
     } = folded;
     let exp_root = store.experiments_dir();
@@ -557,8 +604,12 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
         tracing::debug!(written = n, elapsed = ?started.elapsed(), "curve shards saved");
     }
     state.clear_dirty();
-    if changed && let Some(c) = covers {
+    if changed
+        && let Some(c) = covers
+        && on_disk.is_none_or(|s| c.seq.saturating_sub(s) >= SAVE_EVERY_EVENTS)
+    {
         checkpoint::save(&store.state_dir(), &state, &c, &shards)?;
+        on_disk = Some(c.seq);
         tracing::debug!(elapsed = ?started.elapsed(), "projection checkpoint saved");
     }
     let next = Report {
@@ -577,6 +628,7 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
             shards,
             full: false,
             changed: false,
+            on_disk,
             report: next,
         }),
     ))

@@ -424,3 +424,56 @@ fn an_event_over_the_maximum_record_size_is_one_rejected_line() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("appended 2 event(s), last seq 3"));
 }
+
+/// `zolog append` loads the projection state on another thread while it appends. A warning that
+/// thread prints (here: the checkpoint is corrupt, so it is discarded) must neither deadlock
+/// against the appender's hold on stderr nor stop the refresh: the append succeeds, says why the
+/// checkpoint was discarded, and the files and a new checkpoint follow.
+#[test]
+fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang() {
+    let (dir, root) = init_store();
+    zolog(&root)
+        .args(["exp", "mint", "--hypothesis", "h"])
+        .assert()
+        .success();
+    let ckpt = root.join("state/projections.ckpt");
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let line = |text: &str| {
+        format!(
+            "{{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"{text}\"}}\n"
+        )
+    };
+    // A deadlock shows as the timeout killing it: not a success.
+    let out = zolog(&root)
+        .arg("append")
+        .write_stdin(line("first idea"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("discarded"), "says why: {stderr}");
+    let next = dir.path().join(".zo/experiments/exp-001/next.md");
+    assert!(
+        std::fs::read_to_string(&next)
+            .unwrap()
+            .contains("first idea")
+    );
+    // The refresh saved a good checkpoint: the next append has nothing to say.
+    let out = zolog(&root)
+        .arg("append")
+        .write_stdin(line("second idea"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(
+        std::fs::read_to_string(&next)
+            .unwrap()
+            .contains("second idea")
+    );
+}

@@ -37,9 +37,8 @@ fn epoch(exp: &str, e: u64) -> Payload {
 
 /// Append epochs `range` of `exp`, one event per batch.
 fn epochs(f: &Fixture, exp: &str, range: std::ops::Range<u64>) {
-    for e in range {
-        f.append(100 + e as i64, epoch(exp, e));
-    }
+    let events: Vec<(i64, Payload)> = range.map(|e| (100 + e as i64, epoch(exp, e))).collect();
+    f.append_all(&events);
 }
 
 /// Three experiments in different shards, two with runs longer than a curve keeps unmerged.
@@ -158,10 +157,13 @@ fn damaged_missing_stale_and_foreign_curve_shards_make_the_refresh_fold_the_whol
 
     // Stale: a copy of the shard from before the last refresh that wrote it (as if its rename
     // had not reached the disk while the checkpoint's had).
+    // Enough epochs that this refresh saves the checkpoint (which then records the new shard).
     let old = std::fs::read(&p).unwrap();
-    epochs(&f, "exp-001", next..next + 1);
-    next += 1;
-    project::refresh(&f.store).unwrap();
+    epochs(&f, "exp-001", next..next + project::SAVE_EVERY_EVENTS);
+    next += project::SAVE_EVERY_EVENTS;
+    let r = project::refresh_report(&f.store).unwrap();
+    let ckpt = std::fs::read(checkpoint::path(&f.store.state_dir())).unwrap();
+    assert_eq!(checkpoint::decode(&ckpt).unwrap().1.seq, r.seq, "saved");
     assert_falls_back(&f, Some(&old), "stale", &mut next);
 
     // Foreign: the same shard of another store whose log has the same shape.

@@ -937,8 +937,28 @@ fn refresh_folds_only_what_is_new() {
     // registry.json, CHECKLIST.md (Next planned is unchanged but the registry changed) and
     // exp-002/next.md.
     assert!(r.files_written >= 2, "{r:?}");
+    // Nothing new: the checkpoint on disk lags by that one event (it is saved once it lags
+    // SAVE_EVERY_EVENTS), which is folded again and writes nothing.
     let r = project::refresh_report(&f.store).unwrap();
-    assert_eq!((r.events, r.files_written), (0, 0));
+    assert_eq!(
+        (r.checkpoint.as_str(), r.from_seq, r.events, r.files_written),
+        ("used", seq + 1, 1, 0)
+    );
+    // Once the lag reaches SAVE_EVERY_EVENTS the refresh saves, and the next one folds nothing.
+    let more: Vec<(i64, Payload)> = (0..project::SAVE_EVERY_EVENTS)
+        .map(|k| (60, ideas("exp-002", &[&format!("idea {k}")])))
+        .collect();
+    f.append_all(&more);
+    let r = project::refresh_report(&f.store).unwrap();
+    assert_eq!(
+        (r.from_seq, r.events),
+        (seq + 1, 1 + project::SAVE_EVERY_EVENTS)
+    );
+    let r = project::refresh_report(&f.store).unwrap();
+    assert_eq!(
+        (r.from_seq, r.events, r.files_written),
+        (seq + 2 + project::SAVE_EVERY_EVENTS, 0, 0)
+    );
 }
 
 /// `Log::reader_after` (what a refresh resumes from) delivers exactly the records a reader from
