@@ -68,11 +68,17 @@ struct Folded {
 }
 
 /// A refresh saves the projection checkpoint only once it lags this many events behind the
-/// state (or when there is no checkpoint to trust): saving rewrites the whole checkpoint (6.5 MB
-/// at 10,000 experiments), and folding a few hundred events again from the older one costs far
-/// less. The older checkpoint stays exact for the log prefix it covers, so nothing is ever wrong,
-/// only folded again.
+/// state (or when there is no checkpoint to trust, or when folding the lag again would be dear:
+/// see [`SAVE_WHEN_RENDERED`]): saving rewrites the whole checkpoint (6.5 MB at 10,000
+/// experiments), and folding a few hundred events again from the older one costs far less. The
+/// older checkpoint stays exact for the log prefix it covers, so nothing is ever wrong, only
+/// folded again.
 pub const SAVE_EVERY_EVENTS: u64 = 512;
+
+/// A refresh that renders registry.json and CHECKLIST.md, or the files of more than this many
+/// experiments, saves the checkpoint whatever the lag: otherwise every later refresh would fold
+/// those events again and render the same files again.
+pub const SAVE_WHEN_RENDERED: usize = 8;
 
 /// What a fold does with the curves of experiments whose curves are not loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,6 +580,7 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
         });
     }
     let dirty_exps: Vec<usize> = dirty.experiments.into_iter().collect();
+    let dear = dirty.registry || dirty_exps.len() > SAVE_WHEN_RENDERED;
     for chunk in dirty_exps.chunks(CHUNK) {
         for &i in chunk {
             files::ensure_dir(
@@ -606,7 +613,7 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
     state.clear_dirty();
     if changed
         && let Some(c) = covers
-        && on_disk.is_none_or(|s| c.seq.saturating_sub(s) >= SAVE_EVERY_EVENTS)
+        && (dear || on_disk.is_none_or(|s| c.seq.saturating_sub(s) >= SAVE_EVERY_EVENTS))
     {
         checkpoint::save(&store.state_dir(), &state, &c, &shards)?;
         on_disk = Some(c.seq);

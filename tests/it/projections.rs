@@ -922,37 +922,52 @@ fn corrupt_wrong_version_stale_and_foreign_checkpoints_are_discarded() {
     assert!(g.read("CHECKLIST.md").contains("a different first"));
 }
 
+fn mechanism(n: &str, text: &str) -> Payload {
+    Payload::NoteAdded(NoteAdded {
+        experiment_id: id(n),
+        section: NoteSection::Mechanism,
+        text: text.into(),
+    })
+}
+
+/// A refresh folds only what came after the checkpoint on disk. It saves the checkpoint when it
+/// renders the registry (or many experiments' files): folding that again would be dear; a cheap
+/// refresh (one experiment's note) leaves the checkpoint lagging, and the refresh that brings the
+/// lag to SAVE_EVERY_EVENTS saves.
 #[test]
 fn refresh_folds_only_what_is_new() {
     let f = golden_fixture();
     let r = project::refresh_report(&f.store).unwrap();
     assert_eq!((r.checkpoint.as_str(), r.from_seq), ("missing", 1));
     let seq = r.seq;
+    // A registry event: registry.json, CHECKLIST.md (Next planned is unchanged but the registry
+    // changed) and exp-002/next.md are rendered, and the checkpoint is saved.
     f.append(50, ideas("exp-002", &["one more"]));
     let r = project::refresh_report(&f.store).unwrap();
     assert_eq!(
         (r.checkpoint.as_str(), r.from_seq, r.events),
         ("used", seq + 1, 1)
     );
-    // registry.json, CHECKLIST.md (Next planned is unchanged but the registry changed) and
-    // exp-002/next.md.
     assert!(r.files_written >= 2, "{r:?}");
-    // Nothing new: the checkpoint on disk lags by that one event (it is saved once it lags
-    // SAVE_EVERY_EVENTS), which is folded again and writes nothing.
     let r = project::refresh_report(&f.store).unwrap();
-    assert_eq!(
-        (r.checkpoint.as_str(), r.from_seq, r.events, r.files_written),
-        ("used", seq + 1, 1, 0)
-    );
+    assert_eq!((r.from_seq, r.events, r.files_written), (seq + 2, 0, 0));
+    // A note on one experiment: its diagnosis.md is rendered, the checkpoint is not saved, and
+    // the next refresh folds that one event again and writes nothing.
+    f.append(55, mechanism("exp-001", "it overfits"));
+    let r = project::refresh_report(&f.store).unwrap();
+    assert_eq!((r.from_seq, r.events), (seq + 2, 1));
+    assert!(r.files_written >= 1, "{r:?}");
+    let r = project::refresh_report(&f.store).unwrap();
+    assert_eq!((r.from_seq, r.events, r.files_written), (seq + 2, 1, 0));
     // Once the lag reaches SAVE_EVERY_EVENTS the refresh saves, and the next one folds nothing.
-    let more: Vec<(i64, Payload)> = (0..project::SAVE_EVERY_EVENTS)
-        .map(|k| (60, ideas("exp-002", &[&format!("idea {k}")])))
+    let more: Vec<(i64, Payload)> = (1..project::SAVE_EVERY_EVENTS)
+        .map(|k| (60, mechanism("exp-001", &format!("note {k}"))))
         .collect();
     f.append_all(&more);
     let r = project::refresh_report(&f.store).unwrap();
     assert_eq!(
         (r.from_seq, r.events),
-        (seq + 1, 1 + project::SAVE_EVERY_EVENTS)
+        (seq + 2, project::SAVE_EVERY_EVENTS)
     );
     let r = project::refresh_report(&f.store).unwrap();
     assert_eq!(
