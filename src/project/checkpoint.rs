@@ -31,7 +31,13 @@ pub const MAGIC: [u8; 8] = *b"ZOPROJCK";
 /// curve cache, and the seq of every curve shard recorded.
 pub const VERSION: u32 = 3;
 pub const FILE_NAME: &str = "projections.ckpt";
-const PREFIX: usize = 24;
+const PREFIX: usize = wire::FRAME_PREFIX;
+const FILE: wire::CacheFile = wire::CacheFile {
+    magic: MAGIC,
+    version: VERSION,
+    name: "projection checkpoint",
+    short: "checkpoint",
+};
 
 /// What a checkpoint covers, and how to check it still describes this log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,13 +109,7 @@ pub fn encode(state: &State, covers: &Covers, shards: &[u64]) -> Vec<u8> {
     covers.put(&mut body);
     shards.to_vec().put(&mut body);
     wire::put_state(state, &mut body);
-    let mut out = Vec::with_capacity(PREFIX + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+    FILE.frame(&body)
 }
 
 /// What a checkpoint holds: the state, what it covers, and the seq of every curve shard.
@@ -123,27 +123,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
 /// Decode a checkpoint held in a shared buffer: experiments' details stay ranges of it until
 /// something needs them.
 pub fn decode_shared(bytes: &std::sync::Arc<Vec<u8>>) -> Result<Decoded, String> {
-    if bytes.len() < PREFIX || bytes[..8] != MAGIC {
-        return Err("not a zolog projection checkpoint (bad magic or too short)".into());
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(format!(
-            "checkpoint version {version}, this zolog writes version {VERSION}"
-        ));
-    }
-    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    let body = &bytes[PREFIX..];
-    if body.len() as u64 != len {
-        return Err(format!(
-            "corrupt: body is {} bytes, the header says {len}",
-            body.len()
-        ));
-    }
-    if crc32fast::hash(body) != crc {
-        return Err("corrupt: checksum mismatch".into());
-    }
+    FILE.body(bytes)?;
     let mut d = Dec::shared(bytes, PREFIX);
     let covers = Covers::get(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
     let shards = Vec::<u64>::get(&mut d).map_err(|e| format!("corrupt: {}", e.0))?;
@@ -271,13 +251,8 @@ pub fn save(state_dir: &Path, state: &State, covers: &Covers, shards: &[u64]) ->
         flush(&mut piece, &mut f)?;
         let crc = crc.finalize();
         let mut f = f.into_inner().map_err(|e| e.into_error())?;
-        let mut prefix = Vec::with_capacity(PREFIX);
-        prefix.extend_from_slice(&MAGIC);
-        prefix.extend_from_slice(&VERSION.to_le_bytes());
-        prefix.extend_from_slice(&len.to_le_bytes());
-        prefix.extend_from_slice(&crc.to_le_bytes());
         f.seek(std::io::SeekFrom::Start(0))?;
-        f.write_all(&prefix)?;
+        f.write_all(&FILE.prefix(len, crc))?;
         drop(f);
         super::files::replace_cache(&tmp, &p)
     })();

@@ -43,7 +43,12 @@ pub const MAGIC: [u8; 8] = *b"ZOCURVES";
 pub const VERSION: u32 = 1;
 /// The directory of the shards, under `.zo/state/`.
 pub const DIR: &str = "curves";
-const PREFIX: usize = 24;
+const FILE: super::wire::CacheFile = super::wire::CacheFile {
+    magic: MAGIC,
+    version: VERSION,
+    name: "curve shard",
+    short: "shard",
+};
 
 /// The shard of an experiment: CRC-32 of its id, modulo [`SHARDS`].
 pub fn of(id: &ExpId) -> usize {
@@ -77,38 +82,12 @@ pub fn encode<'a>(
         id.put(&mut body);
         c.put(&mut body);
     }
-    let mut out = Vec::with_capacity(PREFIX + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+    FILE.frame(&body)
 }
 
 /// Decode a shard's bytes (no log checks yet).
 pub fn decode(bytes: &[u8]) -> Result<Shard, String> {
-    if bytes.len() < PREFIX || bytes[..8] != MAGIC {
-        return Err("not a zolog curve shard (bad magic or too short)".into());
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(format!(
-            "shard version {version}, this zolog writes version {VERSION}"
-        ));
-    }
-    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    let body = &bytes[PREFIX..];
-    if body.len() as u64 != len {
-        return Err(format!(
-            "corrupt: body is {} bytes, the header says {len}",
-            body.len()
-        ));
-    }
-    if crc32fast::hash(body) != crc {
-        return Err("corrupt: checksum mismatch".into());
-    }
+    let body = FILE.body(bytes)?;
     let corrupt = |e: super::wire::WireError| format!("corrupt: {}", e.0);
     let mut d = Dec::new(body);
     let shard = usize::get(&mut d).map_err(corrupt)?;

@@ -530,6 +530,70 @@ impl Wire for Experiment {
     }
 }
 
+/// Length of the prefix of a cache file (the projection checkpoint, a curve shard): magic (8
+/// bytes), version (u32), body length (u64), CRC-32 of the body (u32), little-endian.
+pub const FRAME_PREFIX: usize = 24;
+
+/// What a cache file is: its magic and version, and its name in errors.
+pub struct CacheFile {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// `projection checkpoint`, `curve shard`.
+    pub name: &'static str,
+    /// `checkpoint`, `shard`.
+    pub short: &'static str,
+}
+
+impl CacheFile {
+    /// The prefix of a body of `len` bytes whose CRC-32 is `crc`.
+    pub fn prefix(&self, len: u64, crc: u32) -> [u8; FRAME_PREFIX] {
+        let mut p = [0u8; FRAME_PREFIX];
+        p[..8].copy_from_slice(&self.magic);
+        p[8..12].copy_from_slice(&self.version.to_le_bytes());
+        p[12..20].copy_from_slice(&len.to_le_bytes());
+        p[20..24].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    /// Prefix and body.
+    pub fn frame(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_PREFIX + body.len());
+        out.extend_from_slice(&self.prefix(body.len() as u64, crc32fast::hash(body)));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The body of `bytes` once magic, version, length and CRC check out; else why not.
+    pub fn body<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8], String> {
+        if bytes.len() < FRAME_PREFIX || bytes[..8] != self.magic {
+            return Err(format!(
+                "not a zolog {} (bad magic or too short)",
+                self.name
+            ));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != self.version {
+            return Err(format!(
+                "{} version {version}, this zolog writes version {}",
+                self.short, self.version
+            ));
+        }
+        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        let body = &bytes[FRAME_PREFIX..];
+        if body.len() as u64 != len {
+            return Err(format!(
+                "corrupt: body is {} bytes, the header says {len}",
+                body.len()
+            ));
+        }
+        if crc32fast::hash(body) != crc {
+            return Err("corrupt: checksum mismatch".into());
+        }
+        Ok(body)
+    }
+}
+
 pub fn encode_details(x: &Details) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     x.put(&mut out);
