@@ -359,3 +359,30 @@ impl Drop for Guard {
         }
     }
 }
+
+/// A reference metrics.jsonl timestamp for epoch `i`.
+pub fn ts(i: u64) -> String {
+    format!(
+        "2026-11-24T09:{:02}:{:02}.{:06}+00:00",
+        (i / 60) % 60,
+        i % 60,
+        i % 1_000_000
+    )
+}
+
+/// A reference epoch_end line (with its newline).
+pub fn epoch_line(i: u64, loss: &str) -> String {
+    format!(
+        "{{\"timestamp\": \"{}\", \"event\": \"epoch_end\", \"experiment_id\": \"exp-001\", \"experiment_name\": \"mlp\", \"epoch\": {i}, \"total_epochs\": 100000, \"metrics\": {{\"train_loss\": {loss}, \"val_loss\": 0.5}}, \"learning_rate\": 0.001, \"checkpoint_path\": null, \"wall_time_seconds\": 1.5, \"gpu_memory_mb\": null, \"config\": {{}}}}\n",
+        ts(i)
+    )
+}
+
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{append, epoch_line, ts};
 use zolog::event::{ExpId, ExperimentMinted, NewEvent, Payload, Source, SourceKind};
 use zolog::ingest::{
     FollowOptions, Follower, IngestOptions, Ingester, NewGenerationReason, Notice,
@@ -63,32 +64,6 @@ impl Project {
 
 pub fn exp() -> ExpId {
     ExpId::parse("exp-001").unwrap()
-}
-
-fn ts(i: u64) -> String {
-    format!(
-        "2026-11-24T09:{:02}:{:02}.{:06}+00:00",
-        (i / 60) % 60,
-        i % 60,
-        i % 1_000_000
-    )
-}
-
-/// A reference epoch_end line (with its newline).
-fn epoch_line(i: u64, loss: &str) -> String {
-    format!(
-        "{{\"timestamp\": \"{}\", \"event\": \"epoch_end\", \"experiment_id\": \"exp-001\", \"experiment_name\": \"mlp\", \"epoch\": {i}, \"total_epochs\": 100000, \"metrics\": {{\"train_loss\": {loss}, \"val_loss\": 0.5}}, \"learning_rate\": 0.001, \"checkpoint_path\": null, \"wall_time_seconds\": 1.5, \"gpu_memory_mb\": null, \"config\": {{}}}}\n",
-        ts(i)
-    )
-}
-
-fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
 }
 
 /// Events of the experiment made from lines (no IngestAdvanced), in log order.

@@ -6,7 +6,7 @@
 //!
 //! Every wait is bounded (deadlines, `Guard::wait`); children are killed and reaped on drop.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +25,7 @@ use zolog::event::{
 use zolog::serve::{self, ServeOptions};
 use zolog::store::{Store, StoreOptions, ingest_key};
 
-use crate::common::{Guard, fixture};
+use crate::common::{Guard, append, epoch_line, fixture};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 /// Longest any one step of these tests may take before the test fails.
@@ -250,24 +250,9 @@ impl Drop for Load {
     }
 }
 
-/// A reference epoch_end line (with its newline).
-fn epoch_line(i: u64) -> String {
-    format!(
-        "{{\"timestamp\": \"2026-11-24T09:{:02}:{:02}.{:06}+00:00\", \"event\": \"epoch_end\", \"experiment_id\": \"exp-001\", \"experiment_name\": \"mlp\", \"epoch\": {i}, \"total_epochs\": 100000, \"metrics\": {{\"train_loss\": 0.5, \"val_loss\": 0.25}}, \"learning_rate\": 0.001, \"checkpoint_path\": null, \"wall_time_seconds\": 1.5, \"gpu_memory_mb\": null, \"config\": {{}}}}\n",
-        (i / 60) % 60,
-        i % 60,
-        i % 1_000_000
-    )
-}
-
 fn append_lines(path: &Path, from: u64, to: u64) {
-    let text: String = (from..to).map(epoch_line).collect();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
+    let text: String = (from..to).map(|i| epoch_line(i, "0.5")).collect();
+    append(path, &text);
 }
 
 /// (seq, epoch) of every EpochEnded of `e`.
