@@ -447,12 +447,15 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
         )
     };
     // A deadlock shows as the timeout killing it: not a success.
-    let out = zolog(&root)
-        .arg("append")
-        .write_stdin(line("first idea"))
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
+    let append = |text: &str| {
+        zolog(&root)
+            .arg("append")
+            .write_stdin(line(text))
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    let out = append("first idea");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(stderr.contains("discarded"), "says why: {stderr}");
@@ -463,12 +466,7 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
             .contains("first idea")
     );
     // The refresh saved a good checkpoint: the next append has nothing to say.
-    let out = zolog(&root)
-        .arg("append")
-        .write_stdin(line("second idea"))
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
+    let out = append("second idea");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     assert!(
