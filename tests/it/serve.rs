@@ -995,23 +995,43 @@ fn zolog_append_streaming_through_a_server_that_stops_loses_and_repeats_nothing(
         let lines: String = (0..100)
             .map(|i| epoch_line(chunk * 100 + i) + "\n")
             .collect();
-        stdin.write_all(lines.as_bytes()).unwrap();
-        stdin.flush().unwrap();
+        // A child that died shows in its exit status and stderr, asserted below.
+        if stdin
+            .write_all(lines.as_bytes())
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(3));
         if chunk == 20 {
+            // Stop the server once some of the stream went through it (bounded: a loaded machine
+            // can start the child late), so the stop lands mid-stream.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let reader = Store::open(&root, opts()).unwrap();
+            let through = || {
+                reader
+                    .events(1)
+                    .unwrap()
+                    .iter()
+                    .any(|e| matches!(e.payload, Payload::EpochEnded(_)))
+            };
+            while !through() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let s = server.take().unwrap();
             stopper = Some(std::thread::spawn(move || s.stop().unwrap()));
         }
     }
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    let report = stopper.unwrap().join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report = stopper.unwrap().join().unwrap();
     assert!(stdout.contains("appended 5000 event(s)"), "{stdout}");
     assert!(report.events > 0, "some went through the server");
     let got: Vec<u64> = epochs_by_seq(&root).into_values().collect();
