@@ -348,6 +348,8 @@ fn panel(
         .y_label_formatter(&y_fmt)
         .bold_line_style(GRID)
         .light_line_style(TRANSPARENT)
+        // None are drawn (transparent): do not compute them either.
+        .max_light_lines(0)
         .label_style((FONT, 11))
         .draw()
         .map_err(plot_err)?;

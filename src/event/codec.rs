@@ -151,25 +151,9 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, CodecError> {
 /// Position of `EpochEnded` among the variants of [`Payload`] (its bincode discriminant).
 const EPOCH_ENDED_INDEX: u32 = 7;
 
-/// Who appended an event, borrowed from the record.
-#[derive(Debug, Clone, PartialEq, bincode::BorrowDecode)]
-pub struct SourceView<'a> {
-    pub kind: super::SourceKind,
-    pub pid: Option<u32>,
-    pub host: Option<&'a str>,
-}
-
-#[derive(bincode::BorrowDecode)]
-struct HeadView<'a> {
-    time: Timestamp,
-    _appended: Option<Timestamp>,
-    _source: SourceView<'a>,
-    variant: u32,
-}
-
 /// An `EpochEnded` borrowed from its record: what a fold over millions of samples reads without
-/// allocating a string per field. Same bytes as [`super::EpochEnded`], field for field.
-#[derive(Debug, Clone, PartialEq, bincode::BorrowDecode)]
+/// allocating. Same fields as [`super::EpochEnded`].
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EpochView<'a> {
     pub experiment_id: &'a str,
     pub epoch: u64,
@@ -180,36 +164,24 @@ pub struct EpochView<'a> {
     pub gpu_memory_mb: Option<f64>,
 }
 
-/// If the record is an `EpochEnded`, its time and a borrowed view of it; `Ok(None)` for any
-/// other event, and for anything the view cannot read within its small allocation limit (1 MiB):
-/// decode those with [`decode`], which also says what is wrong with a bad record. Checks the
-/// version, a valid experiment id and no trailing bytes; unlike [`decode`] it does not insist on
-/// minimal varints (it reads the same values either way). It is meant for folding records that
-/// passed their CRC, which zolog always wrote in the minimal form; `zolog verify` holds every
-/// record to [`decode`]'s stricter standard.
-pub fn decode_epoch_view(bytes: &[u8]) -> Result<Option<(Timestamp, EpochView<'_>)>, CodecError> {
-    let rest = body(bytes)?;
-    let limited = || cfg().with_limit::<{ 1024 * 1024 }>();
-    let Ok((head, used)) = bincode::borrow_decode_from_slice::<HeadView<'_>, _>(rest, limited())
-    else {
-        return Ok(None);
+/// If the record is an `EpochEnded` that [`decode`] accepts, fill `view` with it (reusing its
+/// metrics vector: no allocation once it has grown) and return the event's time. `None` for any
+/// other record, valid or not: decode those with [`decode`], which also says what is wrong with
+/// a bad one. It accepts exactly the `EpochEnded` records that [`decode`] accepts, minimal
+/// varints included (a test holds the two together on every truncation and byte change).
+pub fn decode_epoch_into<'a>(bytes: &'a [u8], view: &mut EpochView<'a>) -> Option<Timestamp> {
+    let (&EVENT_ENCODING_VERSION, rest) = bytes.split_first()? else {
+        return None;
     };
-    if head.variant != EPOCH_ENDED_INDEX {
-        return Ok(None);
-    }
-    let Ok((view, used2)) =
-        bincode::borrow_decode_from_slice::<EpochView<'_>, _>(&rest[used..], limited())
-    else {
-        return Ok(None);
-    };
-    if used + used2 != rest.len() {
-        return Err(CodecError(format!(
-            "{} trailing byte(s) after the event",
-            rest.len() - used - used2
-        )));
-    }
-    ExpId::parse(view.experiment_id).map_err(|e| CodecError(e.to_string()))?;
-    Ok(Some((head.time, view)))
+    let mut w = Walk { b: rest };
+    let time = w.epoch_into(view)?;
+    w.b.is_empty().then_some(time)
+}
+
+/// [`decode_epoch_into`] into a new view.
+pub fn decode_epoch_view(bytes: &[u8]) -> Option<(Timestamp, EpochView<'_>)> {
+    let mut view = EpochView::default();
+    decode_epoch_into(bytes, &mut view).map(|t| (t, view))
 }
 
 /// Check that a record payload decodes as an event, as [`decode`] would, without building it:
@@ -301,6 +273,20 @@ impl<'a> Walk<'a> {
         // Most strings (ids, metric names) are short and ASCII: a cheaper test than from_utf8.
         (b.is_ascii() || std::str::from_utf8(b).is_ok()).then_some(b)
     }
+    fn f64_value(&mut self) -> Option<f64> {
+        Some(f64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u64_value(&mut self) -> Option<u64> {
+        self.varint(253)
+    }
+    /// An option whose value is read by `some`.
+    fn opt_value<T>(&mut self, some: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => some(self).map(Some),
+            _ => None,
+        }
+    }
     fn string(&mut self) -> Option<()> {
         self.str().map(|_| ())
     }
@@ -360,6 +346,50 @@ impl<'a> Walk<'a> {
         self.opt_u32()?; // pid
         self.opt_string()?; // host
         self.payload()
+    }
+
+    /// `(time, appended, source, payload)` of an `EpochEnded` into `view`, returning its time;
+    /// `None` for any other payload. Walks what [`Self::body`] walks, keeping the values.
+    fn epoch_into(&mut self, view: &mut EpochView<'a>) -> Option<Timestamp> {
+        let t = self.u64_value()?; // i64, zigzag
+        let time = Timestamp((t >> 1) as i64 ^ -((t & 1) as i64));
+        self.opt_u64()?; // appended
+        self.unit_enum(SOURCE_KINDS)?;
+        self.opt_u32()?; // pid
+        self.opt_string()?; // host
+        if self.u32()? != EPOCH_ENDED_INDEX {
+            return None;
+        }
+        // Runs of records share an experiment id and metric names: a string equal, byte for
+        // byte, to the one the view already holds from the previous record is that string (it
+        // was checked then), which saves a UTF-8 check per string.
+        let len = self.len()?;
+        let id = self.take(len)?;
+        // (A valid id is never empty, so the default view's empty id matches nothing valid.)
+        if id.is_empty() || id != view.experiment_id.as_bytes() {
+            if !valid_exp_id(id) {
+                return None;
+            }
+            view.experiment_id = std::str::from_utf8(id).ok()?;
+        }
+        view.epoch = self.u64_value()?;
+        view.step = self.opt_value(Self::u64_value)?;
+        let n = self.len()?;
+        for k in 0..n {
+            let len = self.len()?;
+            let name = self.take(len)?;
+            let value = self.f64_value()?;
+            match view.metrics.get_mut(k) {
+                Some(m) if m.0.as_bytes() == name => m.1 = value,
+                Some(m) => *m = (std::str::from_utf8(name).ok()?, value),
+                None => view.metrics.push((std::str::from_utf8(name).ok()?, value)),
+            }
+        }
+        view.metrics.truncate(n);
+        view.learning_rate = self.opt_value(Self::f64_value)?;
+        view.wall_time_seconds = self.opt_value(Self::f64_value)?;
+        view.gpu_memory_mb = self.opt_value(Self::f64_value)?;
+        Some(time)
     }
 
     /// Fields in declaration order, per variant (src/event/mod.rs).
@@ -614,41 +644,103 @@ mod tests {
         assert!(check(&long).is_err());
     }
 
-    #[test]
-    fn epoch_view_reads_the_same_fields_as_the_full_decode() {
-        let bytes = encode(&sample());
-        let ev = decode(1, &bytes).unwrap();
-        let Payload::EpochEnded(full) = &ev.payload else {
-            unreachable!()
-        };
-        let (time, view) = decode_epoch_view(&bytes).unwrap().expect("an EpochEnded");
-        assert_eq!(time, ev.time);
+    /// The view of an `EpochEnded` when `decode` accepts the bytes as one, `None` otherwise.
+    fn epoch_by_full_decode(bytes: &[u8]) -> Option<(Timestamp, crate::event::EpochEnded)> {
+        match decode(1, bytes) {
+            Ok(Event {
+                time,
+                payload: Payload::EpochEnded(e),
+                ..
+            }) => Some((time, e)),
+            _ => None,
+        }
+    }
+
+    fn assert_same_epoch(
+        view: &(Timestamp, EpochView<'_>),
+        full: &(Timestamp, crate::event::EpochEnded),
+    ) {
+        let ((time, view), (full_time, full)) = (view, full);
+        assert_eq!(time, full_time);
         assert_eq!(view.experiment_id, full.experiment_id.as_str());
         assert_eq!((view.epoch, view.step), (full.epoch, full.step));
         assert_eq!(view.metrics.len(), full.metrics.len());
         for ((n, v), (fn_, fv)) in view.metrics.iter().zip(full.metrics.iter()) {
             assert_eq!((*n, v.to_bits()), (fn_, fv.to_bits()));
         }
-        assert_eq!(view.learning_rate, full.learning_rate);
-        assert_eq!(view.gpu_memory_mb, full.gpu_memory_mb);
-        // Other events are not EpochEnded; damage is an error, as in the full decode.
+        let bits = |x: Option<f64>| x.map(f64::to_bits);
+        assert_eq!(bits(view.learning_rate), bits(full.learning_rate));
+        assert_eq!(bits(view.wall_time_seconds), bits(full.wall_time_seconds));
+        assert_eq!(bits(view.gpu_memory_mb), bits(full.gpu_memory_mb));
+    }
+
+    /// The fold's allocation-free view reads exactly the `EpochEnded` records `decode` accepts,
+    /// with the same values: the sample, every truncation and every single-byte change of it
+    /// (a negative time and a step included), and other events are not views.
+    #[test]
+    fn epoch_view_accepts_what_the_full_decode_accepts_with_the_same_fields() {
+        let mut ev = sample();
+        ev.time = Timestamp(-1_234_567_890_123);
+        let Payload::EpochEnded(e) = &mut ev.payload else {
+            unreachable!("the sample is an EpochEnded")
+        };
+        e.step = Some(70_000);
+        e.wall_time_seconds = Some(12.5);
+        for bytes in [encode(&sample()), encode(&ev)] {
+            let view = decode_epoch_view(&bytes).expect("an EpochEnded");
+            assert_same_epoch(&view, &epoch_by_full_decode(&bytes).unwrap());
+            let mut changed = Vec::new();
+            for n in 0..bytes.len() {
+                changed.push(bytes[..n].to_vec());
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            changed.push(long);
+            for at in 0..bytes.len() {
+                for v in [0u8, 1, 2, 7, 0x7f, 0x80, 250, 251, 252, 253, 254, 255] {
+                    let mut b = bytes.clone();
+                    b[at] = v;
+                    changed.push(b);
+                }
+            }
+            for b in &changed {
+                match (decode_epoch_view(b), epoch_by_full_decode(b)) {
+                    (Some(view), Some(full)) => assert_same_epoch(&view, &full),
+                    (None, None) => {}
+                    (view, full) => panic!(
+                        "{b:?}: view {:?}, full decode {:?}",
+                        view.is_some(),
+                        full.is_some()
+                    ),
+                }
+            }
+        }
+        // A view reused across records keeps none of the previous record's metrics.
+        let first = encode(&ev);
+        let mut fewer = ev.clone();
+        let Payload::EpochEnded(e) = &mut fewer.payload else {
+            unreachable!()
+        };
+        e.metrics = Metrics(vec![("only".into(), 1.0)]);
+        let second = encode(&fewer);
+        let mut view = EpochView::default();
+        assert!(decode_epoch_into(&first, &mut view).is_some());
+        assert_eq!(view.metrics.len(), 4);
+        assert!(decode_epoch_into(&second, &mut view).is_some());
+        assert_eq!(view.metrics, vec![("only", 1.0)]);
+        // Other events are not EpochEnded.
         let other = NewEvent {
             payload: Payload::ProjectInitialized(crate::event::ProjectInitialized {
                 project: "p".into(),
             }),
             ..sample()
         };
-        assert_eq!(decode_epoch_view(&encode(&other)).unwrap(), None);
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(decode_epoch_view(&long).is_err());
-        // What the view cannot read goes to the full decode, which says why.
-        assert_eq!(decode_epoch_view(&bytes[..bytes.len() - 3]).unwrap(), None);
-        assert!(decode(1, &bytes[..bytes.len() - 3]).is_err());
-        let at = bytes.windows(7).position(|w| w == b"exp-001").unwrap();
-        let mut evil = bytes.clone();
+        assert_eq!(decode_epoch_view(&encode(&other)), None);
+        let at = first.windows(7).position(|w| w == b"exp-001").unwrap();
+        let mut evil = first.clone();
         evil[at..at + 7].copy_from_slice(b"../../x");
-        assert!(decode_epoch_view(&evil).is_err());
+        assert_eq!(decode_epoch_view(&evil), None);
+        assert!(decode(1, &evil).is_err());
     }
 
     #[test]

@@ -31,19 +31,35 @@ pub trait FsFile: Send + fmt::Debug {
     /// Read `len` bytes from `offset` (fewer only at end of file). Never allocates more than the
     /// file holds, whatever `len` says (`usize::MAX` reads to the end).
     fn read_range(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let n = self.read_range_into(offset, len, &mut buf)?.len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// [`FsFile::read_range`] into `buf`, returning the bytes read (a prefix of `buf`). `buf` is
+    /// only ever grown, never shrunk or cleared, so a reader that passes the same buffer again
+    /// neither allocates nor zeroes memory for each read.
+    fn read_range_into<'b>(
+        &mut self,
+        offset: u64,
+        len: usize,
+        buf: &'b mut Vec<u8>,
+    ) -> io::Result<&'b [u8]> {
         let avail = self.len()?.saturating_sub(offset);
         let len = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
-        let mut buf = vec![0u8; len];
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         let mut filled = 0;
         while filled < len {
-            let n = self.read_at(offset + filled as u64, &mut buf[filled..])?;
+            let n = self.read_at(offset + filled as u64, &mut buf[filled..len])?;
             if n == 0 {
                 break;
             }
             filled += n;
         }
-        buf.truncate(filled);
-        Ok(buf)
+        Ok(&buf[..filled])
     }
 }
 
@@ -110,22 +126,6 @@ impl FsFile for RealFile {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
-    }
-    fn read_range(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        // Never allocate more than the file holds, whatever `len` says.
-        let avail = self.len()?.saturating_sub(offset);
-        let len = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = self.0.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
-        Ok(buf)
     }
 }
 

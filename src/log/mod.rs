@@ -611,6 +611,7 @@ impl Log {
             log: self.clone(),
             from_seq: from_seq.max(1),
             pos: None,
+            buf: Vec::new(),
         }
     }
 
@@ -1202,6 +1203,8 @@ pub struct Reader {
     log: Log,
     from_seq: u64,
     pos: Option<ReadPos>,
+    /// The read buffer, kept between reads (no allocation and no page faults per chunk).
+    buf: Vec<u8>,
 }
 
 /// Where a record's frame sits: enough to find it again without scanning (projection
@@ -1358,13 +1361,13 @@ impl Reader {
                 let n = (avail as usize).min(want);
                 let buf = pos
                     .file
-                    .read_range(pos.offset, n)
+                    .read_range_into(pos.offset, n, &mut self.buf)
                     .map_err(|e| LogError::io("read", &pos.path, e))?;
                 let base = pos.offset;
                 let mut cb_err = None;
                 let seg = pos.segment_first_seq;
                 let last = &mut pos.last;
-                let s = scan::scan(&buf, base, pos.next_seq, max, |r| {
+                let s = scan::scan(buf, base, pos.next_seq, max, |r| {
                     if r.seq >= from {
                         if let Err(e) = on_record(r) {
                             cb_err = Some(e);

@@ -203,15 +203,21 @@ fn write_durably(todo: &[&Job]) -> Result<()> {
     }
     let io_err = |j: &Job, e: io::Error| Error::io("write", &j.path, e);
     if todo.len() >= BULK {
+        let started = std::time::Instant::now();
         let dir = todo[0].path.parent().unwrap_or(Path::new("."));
         parallel(todo.len(), |i| {
             write_tmp(todo[i], false, false).map_err(|e| io_err(todo[i], e))
         })?;
+        tracing::trace!(files = todo.len(), elapsed = ?started.elapsed(), "temp files written");
         flush_fs(dir)?;
+        tracing::trace!(elapsed = ?started.elapsed(), "file system flushed");
         for j in todo {
             std::fs::rename(tmp_path(&j.path), &j.path).map_err(|e| io_err(j, e))?;
         }
-        return flush_fs(dir);
+        tracing::trace!(elapsed = ?started.elapsed(), "renamed");
+        flush_fs(dir)?;
+        tracing::trace!(elapsed = ?started.elapsed(), "file system flushed again");
+        return Ok(());
     }
     parallel(todo.len(), |i| {
         write_tmp(todo[i], true, true).map_err(|e| io_err(todo[i], e))

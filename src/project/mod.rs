@@ -162,17 +162,20 @@ fn fold_on(store: &Store, f: &mut Folded, reader: Reader) -> Result<()> {
     let log = store.log();
     let state = &mut f.state;
     let mut events = 0u64;
-    let reader = fold_records(reader, |seq, payload| {
-        match codec::decode_epoch_view(payload) {
-            Ok(Some((time, view))) => state::apply_epoch(state, seq, time, &view),
-            Ok(None) => {
-                let ev =
-                    codec::decode(seq, payload).map_err(|source| Error::Codec { seq, source })?;
-                apply(state, &ev);
+    let reader = fold_records(reader, |chunk| {
+        // One view per chunk: its metrics vector is reused for every EpochEnded in it.
+        let mut view = codec::EpochView::default();
+        for (seq, payload) in chunk.records() {
+            match codec::decode_epoch_into(payload, &mut view) {
+                Some(time) => state::apply_epoch(state, seq, time, &view),
+                None => {
+                    let ev = codec::decode(seq, payload)
+                        .map_err(|source| Error::Codec { seq, source })?;
+                    apply(state, &ev);
+                }
             }
-            Err(source) => return Err(Error::Codec { seq, source }),
+            events += 1;
         }
-        events += 1;
         Ok(())
     })?;
     if events > 0 || f.covers.is_none() {
@@ -208,12 +211,23 @@ struct Chunk {
     bytes: Vec<u8>,
 }
 
+impl Chunk {
+    /// Its records, in log order: (seq, payload).
+    fn records(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        self.seqs
+            .iter()
+            .zip(starts.zip(&self.ends))
+            .map(|(&seq, (start, &end))| (seq, &self.bytes[start..end]))
+    }
+}
+
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Call `f` with every record from the reader's position to the end of the log, in order, and
-/// return the reader (which knows the last record delivered). Two stages on two threads: one
-/// reads and CRC-checks the log, the other (this one) decodes and folds.
-fn fold_records(reader: Reader, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<Reader> {
+/// Call `f` with every chunk of records from the reader's position to the end of the log, in
+/// order, and return the reader (which knows the last record delivered). Two stages on two
+/// threads: one reads and CRC-checks the log, the other (this one) decodes and folds.
+fn fold_records(reader: Reader, mut f: impl FnMut(&Chunk) -> Result<()>) -> Result<Reader> {
     let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
     let (back_tx, back_rx) = mpsc::channel::<Chunk>();
     std::thread::scope(|s| {
@@ -241,15 +255,8 @@ fn fold_records(reader: Reader, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> 
         });
         let mut failed = None;
         for chunk in rx.iter() {
-            let mut start = 0;
-            for (&seq, &end) in chunk.seqs.iter().zip(&chunk.ends) {
-                if let Err(e) = f(seq, &chunk.bytes[start..end]) {
-                    failed = Some(e);
-                    break;
-                }
-                start = end;
-            }
-            if failed.is_some() {
+            if let Err(e) = f(&chunk) {
+                failed = Some(e);
                 break;
             }
             let _ = back_tx.send(chunk);
@@ -581,24 +588,55 @@ fn write(store: &Store, mut folded: Folded) -> Result<(Report, Current)> {
     }
     let dirty_exps: Vec<usize> = dirty.experiments.into_iter().collect();
     let dear = dirty.registry || dirty_exps.len() > SAVE_WHEN_RENDERED;
-    for chunk in dirty_exps.chunks(CHUNK) {
-        for &i in chunk {
-            files::ensure_dir(
-                &exp_root.join(state.experiments[i].id.as_str()),
-                &mut new_dirs,
-            )?;
+    // Two stages: this thread renders a chunk of experiments (on every core) while a writer
+    // thread makes the directories and writes the previous chunk (mostly waiting on the disk).
+    let written = std::thread::scope(|s| -> Result<files::Written> {
+        // (Each chunk's experiment directories, made even for an experiment with no file yet,
+        // and its files.)
+        let (tx, rx) = mpsc::sync_channel::<(Vec<PathBuf>, Vec<Job>)>(1);
+        let new_dirs = &mut new_dirs;
+        let writer = s.spawn(move || -> Result<files::Written> {
+            let mut total = files::Written::default();
+            for (dirs, jobs) in rx {
+                for dir in &dirs {
+                    files::ensure_dir(dir, new_dirs)?;
+                }
+                let w = files::write_all(&jobs)?;
+                tracing::trace!(files = jobs.len(), elapsed = ?started.elapsed(), "written");
+                total.written += w.written;
+                total.unchanged += w.unchanged;
+            }
+            Ok(total)
+        });
+        let mut rendered = Ok(());
+        if !jobs.is_empty() {
+            let _ = tx.send((Vec::new(), std::mem::take(&mut jobs)));
         }
-        jobs.extend(render_experiments(&exp_root, &state, chunk)?);
-        let w = files::write_all(&jobs)?;
-        report.files_written += w.written;
-        report.files_unchanged += w.unchanged;
-        jobs.clear();
-    }
-    if !jobs.is_empty() {
-        let w = files::write_all(&jobs)?;
-        report.files_written += w.written;
-        report.files_unchanged += w.unchanged;
-    }
+        for chunk in dirty_exps.chunks(CHUNK) {
+            let dirs = chunk
+                .iter()
+                .map(|&i| exp_root.join(state.experiments[i].id.as_str()))
+                .collect();
+            match render_experiments(&exp_root, &state, chunk) {
+                Ok(jobs) => {
+                    tracing::trace!(experiments = chunk.len(), elapsed = ?started.elapsed(), "rendered");
+                    if tx.send((dirs, jobs)).is_err() {
+                        break; // the writer failed: its error is the one to report
+                    }
+                }
+                Err(e) => {
+                    rendered = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let total = writer.join().expect("the projection writer panicked")?;
+        rendered.map(|()| total)
+    })?;
+    report.files_written += written.written;
+    report.files_unchanged += written.unchanged;
+    tracing::trace!(dirs = new_dirs.len(), elapsed = ?started.elapsed(), "syncing new directories");
     files::sync_dirs(new_dirs.into_iter().collect::<Vec<PathBuf>>())?;
     tracing::debug!(
         written = report.files_written,
