@@ -39,6 +39,28 @@ impl Bucket {
         }
     }
 
+    /// Add one sample at the end: the same as merging `Bucket::new(epoch, v)` into it, in place
+    /// (the fold calls this for every sample of every metric).
+    #[inline]
+    fn push(&mut self, epoch: u64, v: f64) {
+        self.n += 1;
+        self.last = epoch;
+        if v.is_finite() {
+            match &mut self.min {
+                Some(m) if v < m.1 => *m = (epoch, v),
+                Some(_) => {}
+                None => self.min = Some((epoch, v)),
+            }
+            match &mut self.max {
+                Some(m) if v > m.1 => *m = (epoch, v),
+                Some(_) => {}
+                None => self.max = Some((epoch, v)),
+            }
+        } else if self.nonfinite.is_none() {
+            self.nonfinite = Some((epoch, v));
+        }
+    }
+
     fn merge(a: &Bucket, b: &Bucket) -> Bucket {
         let pick = |x: Option<(u64, f64)>, y: Option<(u64, f64)>, lower: bool| match (x, y) {
             (Some(p), Some(q)) => {
@@ -80,7 +102,7 @@ impl Curve {
         if let Some(b) = self.buckets.last_mut()
             && b.n < self.width
         {
-            *b = Bucket::merge(b, &Bucket::new(epoch, v));
+            b.push(epoch, v);
             return;
         }
         self.buckets.push(Bucket::new(epoch, v));
@@ -252,6 +274,30 @@ mod tests {
             );
         }
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    proptest::proptest! {
+        /// Adding a sample in place is merging a one-sample bucket: every field, every value
+        /// (NaN, ±Inf, ties, -0.0), epochs in any order.
+        #[test]
+        fn push_is_merge_with_a_one_sample_bucket(
+            start in (0u64..50, proptest::num::f64::ANY),
+            samples in proptest::collection::vec(
+                (0u64..50, proptest::prop_oneof![
+                    proptest::num::f64::ANY,
+                    proptest::sample::select(vec![0.0, -0.0, 1.0, f64::NAN, f64::INFINITY]),
+                ]),
+                0..40,
+            ),
+        ) {
+            let mut pushed = Bucket::new(start.0, start.1);
+            let mut merged = pushed.clone();
+            for (e, v) in samples {
+                pushed.push(e, v);
+                merged = Bucket::merge(&merged, &Bucket::new(e, v));
+                proptest::prop_assert_eq!(format!("{pushed:?}"), format!("{merged:?}"));
+            }
+        }
     }
 
     #[test]
