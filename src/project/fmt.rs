@@ -106,9 +106,13 @@ impl<const N: usize> std::fmt::Write for Stack<N> {
     }
 }
 
-/// Decimal digits (no leading or trailing zeros) and the decimal exponent of the first.
+/// Significant digits that [`Digits::parse`] keeps.
+const MAX_DIGITS: usize = 8;
+
+/// Decimal digits (no leading or trailing zeros; at most [`MAX_DIGITS`]) and the decimal
+/// exponent of the first.
 struct Digits {
-    b: [u8; 32],
+    b: [u8; MAX_DIGITS],
     n: usize,
     exp: i32,
 }
@@ -120,41 +124,45 @@ impl Digits {
 
     /// The digits of a float written as `123.45`, `0.00012`, `1.5e-7`, `1e16` or `1.25e+30`.
     fn parse(text: &[u8]) -> Digits {
-        let mut d = Digits {
-            b: [0; 32],
-            n: 0,
-            exp: 0,
-        };
-        // Digits seen (leading zeros included), and how many came before the decimal point.
-        let mut seen = 0i32;
-        let mut point = None;
-        let mut i = 0;
-        while let Some(&c) = text.get(i) {
-            match c {
-                b'.' => point = Some(seen),
-                b'e' | b'E' => break,
-                b'0' if d.n == 0 => seen += 1,
-                b'0'..=b'9' => {
-                    if d.n == 0 {
-                        // The first significant digit is `seen` digits in.
-                        d.exp = -seen - 1;
-                    }
-                    d.b[d.n] = c;
-                    d.n += 1;
-                    seen += 1;
-                }
-                _ => {}
-            }
-            i += 1;
-        }
+        let (mantissa, exponent) =
+            text.split_at(text.iter().position(|&c| c == b'e').unwrap_or(text.len()));
         let mut e = 0i32;
-        let neg = text.get(i + 1) == Some(&b'-');
-        for &c in text.iter().skip(i + 1) {
+        for &c in exponent {
             if c.is_ascii_digit() {
                 e = e * 10 + i32::from(c - b'0');
             }
         }
-        d.exp += point.unwrap_or(seen) + if neg { -e } else { e };
+        if exponent.get(1) == Some(&b'-') {
+            e = -e;
+        }
+        let point = mantissa
+            .iter()
+            .position(|&c| c == b'.')
+            .unwrap_or(mantissa.len());
+        let mut d = Digits {
+            b: [0; MAX_DIGITS],
+            n: 0,
+            exp: 0,
+        };
+        // Leading zeros, on either side of the point: the first significant digit is that many
+        // places further right.
+        let mut digits = mantissa.iter().filter(|&&c| c != b'.');
+        let mut leading = 0i32;
+        for &c in digits.by_ref() {
+            if c != b'0' {
+                d.b[0] = c;
+                d.n = 1;
+                break;
+            }
+            leading += 1;
+        }
+        // Eight digits tell how six round; a cut that ends in 5 (with zeros) looks like a tie,
+        // which takes the exact conversion.
+        for &c in digits.take(MAX_DIGITS - 1) {
+            d.b[d.n] = c;
+            d.n += 1;
+        }
+        d.exp = point as i32 - leading - 1 + e;
         d.n = trim_zeros(&d.b[..d.n]).len();
         d
     }
@@ -169,7 +177,9 @@ impl Digits {
 /// `a` and S, H would read back as `a` too, so S would have at most 7 digits, and two distinct
 /// numbers of at most 7 digits are at least 1e-8 apart relatively, far more than half an ulp. So
 /// only S = H is ambiguous (7 digits ending in 5: the exact value may lie on either side), and
-/// subnormals, whose ulp is relatively large: both take the exact conversion (`{:.5e}`).
+/// subnormals, whose ulp is relatively large: both take the exact conversion (`{:.5e}`). Only
+/// S's first eight digits are kept: when they end in 5 and zeros it looks like H, and also takes
+/// the exact conversion.
 fn significant(a: f64) -> ([u8; 6], i32) {
     let mut out = [b'0'; 6];
     if a >= f64::MIN_POSITIVE {
@@ -180,8 +190,8 @@ fn significant(a: f64) -> ([u8; 6], i32) {
         if !(n == 7 && d[6] == b'5') {
             let k = n.min(6);
             out[..k].copy_from_slice(&d[..k]);
-            // Digits past the sixth: a 7th above 5, or 5 followed by more (the shortest form
-            // ends in a non-zero digit), round up.
+            // Digits past the sixth: a 7th above 5, or 5 followed by more (trailing zeros are
+            // trimmed, so an 8th digit is not zero), round up.
             if n > 6 && (d[6] > b'5' || (d[6] == b'5' && n > 7)) {
                 let mut i = 6;
                 loop {
