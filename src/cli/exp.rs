@@ -15,8 +15,8 @@ use crate::event::{
     ExpId, ExperimentStatus, Metrics, NextIdea, NoteSection, OracleTier, Timestamp,
 };
 use crate::exp::{self, ResultInput, parse};
-use crate::project::fmt::{cell, g, g_signed};
-use crate::project::registry::ExperimentOut;
+use crate::project::fmt::{g, g_signed, pad_from, push_cell, push_g, push_padded};
+use crate::project::registry::{ExperimentOut, ExperimentsOut};
 use crate::project::state::{Experiment, MetricAgg};
 use crate::project::{self, diagnosis};
 
@@ -178,10 +178,29 @@ pub struct NoteArgs {
     pub json: bool,
 }
 
+/// Bytes handed to stdout at a time by the commands that print a lot (`exp list`, `--json`):
+/// output is built in a buffer of this size and written as it fills, never whole in memory.
+const OUT_BLOCK: usize = 64 * 1024;
+
+/// Pretty JSON and a newline, serialized straight into a buffered, locked stdout.
 fn print_json(v: &impl Serialize) -> Result<()> {
-    let mut stdout = io::stdout().lock();
-    let s = serde_json::to_string_pretty(v).expect("output serializes");
-    out(&mut stdout, format_args!("{s}\n"))
+    let mut w = io::BufWriter::with_capacity(OUT_BLOCK, io::stdout().lock());
+    if let Err(e) = serde_json::to_writer_pretty(&mut w, v) {
+        // Only writing can fail: the output types always serialize.
+        let kind = e
+            .io_error_kind()
+            .unwrap_or_else(|| panic!("output serializes: {e}"));
+        return Err(Error::io("write", "<stdout>", io::Error::new(kind, e)));
+    }
+    w.write_all(b"\n")
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::io("write", "<stdout>", e))
+}
+
+/// Write `bytes` to stdout (a closed pipe ends quietly, as `cli::report` arranges).
+fn write_stdout(w: &mut impl Write, bytes: &[u8]) -> Result<()> {
+    w.write_all(bytes)
+        .map_err(|e| Error::io("write", "<stdout>", e))
 }
 
 /// Print to stdout (a closed pipe ends quietly, as `cli::report` arranges).
@@ -318,43 +337,71 @@ fn next(ctx: &Ctx, a: NextArgs) -> Result<ExitCode> {
 fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     let store = ctx.open_store()?;
     let state = project::current(&store)?;
-    if a.json {
-        let v: Vec<ExperimentOut<'_>> = state.experiments.iter().map(ExperimentOut::new).collect();
-        print_json(&v)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut text = String::with_capacity(128 * (state.experiments.len() + 1));
-    if state.experiments.is_empty() {
+    let printed = if a.json {
+        print_json(&ExperimentsOut(&state.experiments))
+    } else {
+        print_table(&state.experiments)
+    };
+    // Deliberately leaked: the process exits next, and freeing 10,000 experiments one
+    // allocation at a time would only delay that.
+    std::mem::forget(state);
+    printed.map(|()| ExitCode::SUCCESS)
+}
+
+/// The `exp list` table. Rows are formatted into one buffer, without a string per cell, and
+/// written to the locked stdout a block at a time.
+fn print_table(exps: &[Experiment]) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    let mut text = String::with_capacity(OUT_BLOCK + 4096);
+    if exps.is_empty() {
         text.push_str("no experiments yet (mint one with `zolog exp mint`)\n");
     } else {
-        text.push_str(&format!(
-            "{:<9} {:<9} {:<9} {:<24} {:<12} {}\n",
-            "ID", "PARENT", "STATUS", "METRIC", "Δ", "HYPOTHESIS"
-        ));
-    }
-    for e in &state.experiments {
-        let (metric, delta) = match &e.result {
-            Some(r) => (
-                format!("{}={}", r.metric, g(r.value)),
-                r.delta.map_or_else(|| "—".to_owned(), g_signed),
-            ),
-            None => ("—".into(), "—".into()),
-        };
         let _ = writeln!(
             text,
-            "{:<9} {:<9} {:<9} {:<24} {:<12} {}",
-            e.id.as_str(),
-            e.parent_id.as_ref().map_or("—", |p| p.as_str()),
-            e.status.as_str(),
-            metric,
-            delta,
-            cell(&e.hypothesis)
+            "{:<9} {:<9} {:<9} {:<24} {:<12} HYPOTHESIS",
+            "ID", "PARENT", "STATUS", "METRIC", "Δ"
         );
     }
-    print(format_args!("{text}"))?;
-    // A large state needs no orderly teardown: the process exits now.
-    std::mem::forget(state);
-    Ok(ExitCode::SUCCESS)
+    for e in exps {
+        push_padded(&mut text, e.id.as_str(), 9);
+        text.push(' ');
+        push_padded(
+            &mut text,
+            e.parent_id.as_ref().map_or("—", |p| p.as_str()),
+            9,
+        );
+        text.push(' ');
+        push_padded(&mut text, e.status.as_str(), 9);
+        text.push(' ');
+        let metric = text.len();
+        match &e.result {
+            Some(r) => {
+                text.push_str(&r.metric);
+                text.push('=');
+                push_g(&mut text, r.value, false);
+            }
+            None => text.push('—'),
+        }
+        pad_from(&mut text, metric, 24);
+        text.push(' ');
+        let delta = text.len();
+        match e.result.as_ref().and_then(|r| r.delta) {
+            Some(d) => push_g(&mut text, d, true),
+            None => text.push('—'),
+        }
+        pad_from(&mut text, delta, 12);
+        text.push(' ');
+        push_cell(&mut text, &e.hypothesis);
+        text.push('\n');
+        if text.len() >= OUT_BLOCK {
+            write_stdout(&mut stdout, text.as_bytes())?;
+            text.clear();
+        }
+    }
+    write_stdout(&mut stdout, text.as_bytes())?;
+    stdout
+        .flush()
+        .map_err(|e| Error::io("write", "<stdout>", e))
 }
 
 #[derive(Serialize)]
@@ -414,6 +461,8 @@ fn show(ctx: &Ctx, a: ShowArgs) -> Result<ExitCode> {
             alerts: e.details().alerts.iter().map(|x| x.count).sum(),
             killed: e.details().kill.is_some(),
         })?;
+        // Deliberately leaked, as in `list`.
+        std::mem::forget(state);
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = String::new();
@@ -442,6 +491,8 @@ fn show(ctx: &Ctx, a: ShowArgs) -> Result<ExitCode> {
     ));
     t.push_str(&diagnosis::render_diagnosis(e));
     print(format_args!("{t}"))?;
+    // Deliberately leaked, as in `list`.
+    std::mem::forget(state);
     Ok(ExitCode::SUCCESS)
 }
 

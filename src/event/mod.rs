@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use self::json::{Float, Metrics};
-pub use self::time::Timestamp;
+pub use self::time::{MicrosZ, Timestamp};
 
 /// An event as read back from the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -3,55 +3,226 @@
 /// C's (and Python's) `%g`: 6 significant digits, the shorter of fixed and exponent form,
 /// trailing zeros dropped. Non-finite values print as Python prints them: `nan`, `inf`, `-inf`.
 pub fn g(x: f64) -> String {
-    format_g(x, false)
+    let mut s = String::with_capacity(16);
+    push_g(&mut s, x, false);
+    s
 }
 
 /// C's `%+g`: as [`g`], with a sign always (`+0.02`, `-0.00856543`, `+nan`).
 pub fn g_signed(x: f64) -> String {
-    format_g(x, true)
+    let mut s = String::with_capacity(16);
+    push_g(&mut s, x, true);
+    s
 }
 
-fn format_g(x: f64, plus: bool) -> String {
+/// [`g`] (`plus`: [`g_signed`]) appended to `out`, without allocating.
+pub fn push_g(out: &mut String, x: f64, plus: bool) {
     const P: i32 = 6;
-    let sign = if x.is_sign_negative() && !x.is_nan() {
-        "-"
+    if x.is_sign_negative() && !x.is_nan() {
+        out.push('-');
     } else if plus {
-        "+"
-    } else {
-        ""
-    };
+        out.push('+');
+    }
     if x.is_nan() {
-        return format!("{sign}nan");
+        return out.push_str("nan");
     }
     if x.is_infinite() {
-        return format!("{sign}inf");
+        return out.push_str("inf");
     }
     let a = x.abs();
     if a == 0.0 {
-        return format!("{sign}0");
+        return out.push('0');
     }
-    // %e with P significant digits: the digits and the exponent after rounding. %g's fixed form
-    // has the same P significant digits (both round the exact value), so one exact conversion
-    // serves both forms.
-    let e_form = format!("{:.*e}", (P - 1) as usize, a);
-    let (mantissa, exp) = e_form.split_once('e').expect("{:e} always has an exponent");
-    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    // The P significant digits of %e (the exact value rounded), trailing zeros dropped; %g's
+    // fixed form has the same digits, so one conversion serves both forms.
+    let (digits, exp) = significant(a);
+    let digits = trim_zeros(&digits);
+    let d = |r: std::ops::Range<usize>| std::str::from_utf8(&digits[r]).expect("ASCII digits");
+    let n = digits.len();
     if (-4..P).contains(&exp) {
-        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-        let fixed = if exp >= 0 {
-            let (int, frac) = digits.split_at(exp as usize + 1);
-            format!("{int}.{frac}")
+        if exp >= 0 {
+            let int = exp as usize + 1;
+            if n <= int {
+                out.push_str(d(0..n));
+                out.extend(std::iter::repeat_n('0', int - n));
+            } else {
+                out.push_str(d(0..int));
+                out.push('.');
+                out.push_str(d(int..n));
+            }
         } else {
-            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
-        };
-        format!("{sign}{}", strip_zeros(&fixed))
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(d(0..n));
+        }
     } else {
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{}e{esign}{:02}", strip_zeros(mantissa), exp.abs())
+        out.push_str(d(0..1));
+        if n > 1 {
+            out.push('.');
+            out.push_str(d(1..n));
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        let e = exp.unsigned_abs();
+        if e < 10 {
+            out.push('0');
+        }
+        let mut b = [0u8; 3];
+        let mut k = b.len();
+        let mut v = e;
+        loop {
+            k -= 1;
+            b[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        out.push_str(std::str::from_utf8(&b[k..]).expect("ASCII digits"));
     }
 }
 
+/// Digits without their trailing zeros (at least one digit stays).
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let n = d.iter().rposition(|&c| c != b'0').map_or(1, |i| i + 1);
+    &d[..n]
+}
+
+/// A few bytes on the stack that `write!` can fill.
+struct Stack<const N: usize> {
+    b: [u8; N],
+    n: usize,
+}
+
+impl<const N: usize> std::fmt::Write for Stack<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.n + s.len();
+        self.b
+            .get_mut(self.n..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.n = end;
+        Ok(())
+    }
+}
+
+/// Significant digits that [`Digits::parse`] keeps.
+const MAX_DIGITS: usize = 8;
+
+/// Decimal digits (no leading or trailing zeros; at most [`MAX_DIGITS`]) and the decimal
+/// exponent of the first.
+struct Digits {
+    b: [u8; MAX_DIGITS],
+    n: usize,
+    exp: i32,
+}
+
+impl Digits {
+    fn get(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
+
+    /// The digits of a float written as `123.45`, `0.00012`, `1.5e-7`, `1e16` or `1.25e+30`.
+    fn parse(text: &[u8]) -> Digits {
+        let (mantissa, exponent) =
+            text.split_at(text.iter().position(|&c| c == b'e').unwrap_or(text.len()));
+        let mut e = 0i32;
+        for &c in exponent {
+            if c.is_ascii_digit() {
+                e = e * 10 + i32::from(c - b'0');
+            }
+        }
+        if exponent.get(1) == Some(&b'-') {
+            e = -e;
+        }
+        let point = mantissa
+            .iter()
+            .position(|&c| c == b'.')
+            .unwrap_or(mantissa.len());
+        let mut d = Digits {
+            b: [0; MAX_DIGITS],
+            n: 0,
+            exp: 0,
+        };
+        // Leading zeros, on either side of the point: the first significant digit is that many
+        // places further right.
+        let mut digits = mantissa.iter().filter(|&&c| c != b'.');
+        let mut leading = 0i32;
+        for &c in digits.by_ref() {
+            if c != b'0' {
+                d.b[0] = c;
+                d.n = 1;
+                break;
+            }
+            leading += 1;
+        }
+        // Eight digits tell how six round; a cut that ends in 5 (with zeros) looks like a tie,
+        // which takes the exact conversion.
+        for &c in digits.take(MAX_DIGITS - 1) {
+            d.b[d.n] = c;
+            d.n += 1;
+        }
+        d.exp = point as i32 - leading - 1 + e;
+        d.n = trim_zeros(&d.b[..d.n]).len();
+        d
+    }
+}
+
+/// The 6 significant digits of `a` (finite, positive) as %e rounds its exact value, and the
+/// decimal exponent of the first.
+///
+/// Fast path: the shortest digits that read back as `a` (ryu), rounded to 6. For a normal `a`
+/// this equals rounding the exact value. The shortest digits S lie within half an ulp of `a`
+/// (relative 2^-53); if a 6-digit rounding boundary H (7 digits ending in 5) lay strictly between
+/// `a` and S, H would read back as `a` too, so S would have at most 7 digits, and two distinct
+/// numbers of at most 7 digits are at least 1e-8 apart relatively, far more than half an ulp. So
+/// only S = H is ambiguous (7 digits ending in 5: the exact value may lie on either side), and
+/// subnormals, whose ulp is relatively large: both take the exact conversion (`{:.5e}`). Only
+/// S's first eight digits are kept: when they end in 5 and zeros it looks like H, and also takes
+/// the exact conversion.
+fn significant(a: f64) -> ([u8; 6], i32) {
+    let mut out = [b'0'; 6];
+    if a >= f64::MIN_POSITIVE {
+        let mut buf = ryu::Buffer::new();
+        let s = Digits::parse(buf.format_finite(a).as_bytes());
+        let (d, mut exp) = (s.get(), s.exp);
+        let n = d.len();
+        if !(n == 7 && d[6] == b'5') {
+            let k = n.min(6);
+            out[..k].copy_from_slice(&d[..k]);
+            // Digits past the sixth: a 7th above 5, or 5 followed by more (trailing zeros are
+            // trimmed, so an 8th digit is not zero), round up.
+            if n > 6 && (d[6] > b'5' || (d[6] == b'5' && n > 7)) {
+                let mut i = 6;
+                loop {
+                    if i == 0 {
+                        // 999999 rounds to 1000000: one digit more, one power of ten up.
+                        out = *b"100000";
+                        exp += 1;
+                        break;
+                    }
+                    i -= 1;
+                    if out[i] == b'9' {
+                        out[i] = b'0';
+                    } else {
+                        out[i] += 1;
+                        break;
+                    }
+                }
+            }
+            return (out, exp);
+        }
+    }
+    let mut s = Stack { b: [0; 32], n: 0 };
+    std::fmt::Write::write_fmt(&mut s, format_args!("{a:.5e}"))
+        .expect("an f64 in exponent form fits in 32 bytes");
+    let d = Digits::parse(&s.b[..s.n]);
+    out[..d.n].copy_from_slice(d.get());
+    (out, d.exp)
+}
+
 /// Drop trailing zeros after a decimal point, and the point itself if nothing follows it.
+#[cfg(test)]
 fn strip_zeros(s: &str) -> &str {
     if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.')
@@ -77,21 +248,147 @@ pub fn collapse_ws(s: &str) -> String {
     out
 }
 
+/// Code points a cell keeps whole.
+const CELL_LIMIT: usize = 70;
+
 /// A CHECKLIST.md table cell: whitespace collapsed, `|` escaped as `\|`, longer than 70 code
 /// points cut to its first 69 (trailing whitespace dropped) and `…`; empty is `—`.
 pub fn cell(s: &str) -> String {
-    const LIMIT: usize = 70;
-    let text = collapse_ws(s).replace('|', "\\|");
-    let text = if text.chars().count() > LIMIT {
-        let cut: String = text.chars().take(LIMIT - 1).collect();
-        format!("{}…", cut.trim_end_matches(is_py_space))
-    } else {
-        text
+    let mut out = String::with_capacity(s.len().min(4 * CELL_LIMIT) + 4);
+    push_cell(&mut out, s);
+    out
+}
+
+/// [`cell`] appended to `out`, in one pass over `s` and without allocating: collapsing and
+/// escaping as it goes, copying runs of plain ASCII whole, and stopping once the cell is known to
+/// be cut.
+pub fn push_cell(out: &mut String, s: &str) {
+    // Most cells are short ASCII whose whitespace is already single spaces between words: they
+    // are the text itself, with `|` escaped.
+    if let Some(pipes) = simple_ascii(s)
+        && s.len() + pipes <= CELL_LIMIT
+    {
+        if s.is_empty() {
+            out.push('—');
+        }
+        for (k, part) in s.split('|').enumerate() {
+            if k > 0 {
+                out.push_str("\\|");
+            }
+            out.push_str(part);
+        }
+        return;
+    }
+    let start = out.len();
+    // Code points written, and the byte where the 70th begins (the cut).
+    let mut count = 0usize;
+    let mut cut = None;
+    let mut space = false;
+    let mut emit = |out: &mut String, text: &str, width: usize, count: &mut usize| {
+        // `text` is plain ASCII (one byte a code point) or a single character.
+        if cut.is_none() && *count + width >= CELL_LIMIT {
+            cut = Some(out.len() + (CELL_LIMIT - 1 - *count));
+        }
+        out.push_str(text);
+        *count += width;
     };
-    if text.is_empty() {
-        "—".to_owned()
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() && count <= CELL_LIMIT {
+        let end = bytes.len().min(i + CELL_LIMIT + 1 - count);
+        let mut run = 0;
+        while i + run < end && PLAIN[usize::from(bytes[i + run])] {
+            run += 1;
+        }
+        let (text, width) = if run > 0 {
+            (&s[i..i + run], run)
+        } else {
+            let c = s[i..].chars().next().expect("i is on a character boundary");
+            let text = &s[i..i + c.len_utf8()];
+            if is_py_space(c) {
+                space = count > 0;
+                i += text.len();
+                continue;
+            }
+            (text, 1)
+        };
+        if space {
+            emit(out, " ", 1, &mut count);
+            space = false;
+        }
+        if text == "|" {
+            emit(out, "\\", 1, &mut count);
+        }
+        emit(out, text, width, &mut count);
+        i += text.len();
+    }
+    if count > CELL_LIMIT {
+        // Runs are collapsed: at most one space ends the cut.
+        out.truncate(cut.expect("set once 70 code points were written"));
+        if out.len() > start && out.ends_with(' ') {
+            out.pop();
+        }
+        out.push('…');
+    } else if count == 0 {
+        out.push('—');
+    }
+}
+
+/// The number of `|` in `s` if it is ASCII that collapsing whitespace leaves as it is: no
+/// whitespace but single spaces between other characters.
+fn simple_ascii(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.first() == Some(&b' ') || b.last() == Some(&b' ') {
+        return None;
+    }
+    let mut pipes = 0;
+    let mut space = false;
+    for &c in b {
+        match c {
+            b' ' if space => return None,
+            b' ' => space = true,
+            b'|' => {
+                pipes += 1;
+                space = false;
+            }
+            _ if PLAIN[usize::from(c)] => space = false,
+            _ => return None,
+        }
+    }
+    Some(pipes)
+}
+
+/// ASCII that is copied as it is: not whitespace to Python, not `|`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x80 {
+        t[b] = !matches!(b as u8, b'|' | b'\t'..=b'\r' | b' ' | 0x1c..=0x1f);
+        b += 1;
+    }
+    t
+};
+
+/// `s` left-aligned in `width` code points, as `{:<width}` pads it.
+pub fn push_padded(out: &mut String, s: &str, width: usize) {
+    out.push_str(s);
+    pad_from(out, out.len() - s.len(), width);
+}
+
+/// Pad what was written to `out` since byte `start` to `width` code points.
+pub fn pad_from(out: &mut String, start: usize, width: usize) {
+    const SPACES: &str = "                                ";
+    let text = &out[start..];
+    let n = if text.is_ascii() {
+        text.len()
     } else {
-        text
+        text.chars().count()
+    };
+    let mut pad = width.saturating_sub(n);
+    while pad > 0 {
+        let k = pad.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        pad -= k;
     }
 }
 
@@ -180,6 +477,68 @@ mod tests {
                 assert_eq!(g(y), reference_g(y), "{y:e}");
                 assert_eq!(g(-y), reference_g(-y), "{y:e}");
             }
+            // Seven digits ending in 5 (a tie of the decimal, not of the double), the doubles
+            // on either side, carries (9999995), and subnormals: where the shortest digits
+            // alone could round the wrong way.
+            let k = (next() % 40) as i32 - 20;
+            let tie = format!("{}5e{k}", next() % 1_000_000)
+                .parse::<f64>()
+                .unwrap();
+            let nines = format!("9999995e{k}").parse::<f64>().unwrap();
+            let sub = f64::from_bits(next() % (1 << 52));
+            let ties = [tie, tie.next_up(), tie.next_down(), nines, nines.next_up()];
+            for z in ties.into_iter().chain([nines.next_down(), sub]) {
+                if z != 0.0 {
+                    assert_eq!(g(z), reference_g(z), "{z:e}");
+                }
+            }
+        }
+    }
+
+    /// [`cell`] as first written: collapse, escape, then cut.
+    fn reference_cell(s: &str) -> String {
+        let text = collapse_ws(s).replace('|', "\\|");
+        let text = if text.chars().count() > CELL_LIMIT {
+            let cut: String = text.chars().take(CELL_LIMIT - 1).collect();
+            format!("{}…", cut.trim_end_matches(is_py_space))
+        } else {
+            text
+        };
+        if text.is_empty() {
+            "—".to_owned()
+        } else {
+            text
+        }
+    }
+
+    #[test]
+    fn cells_agree_with_collapse_escape_then_cut_on_many_strings() {
+        let alphabet = [
+            'a', 'é', '注', '|', ' ', '\t', '\n', '\u{1f}', '\u{a0}', '\u{3000}', '…',
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 90) as usize;
+            // Mostly letters, so that cuts land anywhere; sometimes runs of anything.
+            let s: String = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 3 == 0 {
+                        alphabet[(r >> 8) as usize % alphabet.len()]
+                    } else {
+                        'x'
+                    }
+                })
+                .collect();
+            let mut out = String::from("prefix ");
+            push_cell(&mut out, &s);
+            assert_eq!(out, format!("prefix {}", reference_cell(&s)), "{s:?}");
         }
     }
 

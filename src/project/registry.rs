@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::state::{Experiment, ResultState, State};
-use crate::event::{Metrics, Timestamp};
+use crate::event::{ExpId, Metrics, NextIdea, Timestamp};
 
 /// Where the reference keeps experiment folders, relative to the project directory.
 pub const ARTIFACTS_ROOT: &str = ".zo/experiments";
@@ -18,8 +18,18 @@ pub const ARTIFACTS_ROOT: &str = ".zo/experiments";
 struct RegistryOut<'a> {
     schema_version: u32,
     project: &'a str,
-    created: String,
-    experiments: Vec<ExperimentOut<'a>>,
+    created: Datetime,
+    experiments: ExperimentsOut<'a>,
+}
+
+/// Experiments as registry.json (and `exp list --json`) shows them, serialized one by one as
+/// they are borrowed: nothing is allocated per experiment.
+pub struct ExperimentsOut<'a>(pub &'a [Experiment]);
+
+impl Serialize for ExperimentsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ExperimentOut::new))
+    }
 }
 
 /// One experiment as registry.json (and `--json` output) shows it.
@@ -28,13 +38,13 @@ pub struct ExperimentOut<'a> {
     id: &'a str,
     phase: &'a str,
     parent_id: Option<&'a str>,
-    created: String,
+    created: Datetime,
     hypothesis: &'a str,
     rationale: &'a str,
     status: &'static str,
     result: Option<ResultOut<'a>>,
-    next_ideas: Vec<String>,
-    artifacts_dir: String,
+    next_ideas: IdeasOut<'a>,
+    artifacts_dir: ArtifactsDir<'a>,
 }
 
 #[derive(Serialize)]
@@ -43,7 +53,45 @@ struct ResultOut<'a> {
     primary_metric: PrimaryOut<'a>,
     secondary_metrics: MetricsOut<'a>,
     shortfalls: &'a [String],
-    evaluated_at: String,
+    evaluated_at: Datetime,
+}
+
+/// The registry's `next_ideas` strings ([`super::state::idea_string`]), written as they are
+/// serialized.
+struct IdeasOut<'a>(&'a [NextIdea]);
+
+impl Serialize for IdeasOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Idea<'a>(&'a NextIdea);
+        impl Serialize for Idea<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match &self.0.label {
+                    Some(l) => s.collect_str(&format_args!("{l}: {}", self.0.idea)),
+                    None => s.serialize_str(&self.0.idea),
+                }
+            }
+        }
+        s.collect_seq(self.0.iter().map(Idea))
+    }
+}
+
+/// `.zo/experiments/<id>`.
+struct ArtifactsDir<'a>(&'a ExpId);
+
+impl Serialize for ArtifactsDir<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{ARTIFACTS_ROOT}/{}", self.0))
+    }
+}
+
+/// A registry [`datetime`], serialized from the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Datetime(pub Timestamp);
+
+impl Serialize for Datetime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        with_datetime(self.0, |t| s.serialize_str(t))
+    }
 }
 
 #[derive(Serialize)]
@@ -70,10 +118,19 @@ impl Serialize for MetricsOut<'_> {
 /// (`2026-11-24T09:53:33.639907Z`), and no fraction at all when the microseconds are zero
 /// (`2026-11-24T10:00:00Z`).
 pub fn datetime(t: Timestamp) -> String {
-    let s = t.to_micros_z();
-    match s.strip_suffix(".000000Z") {
-        Some(whole) => format!("{whole}Z"),
-        None => s,
+    with_datetime(t, str::to_owned)
+}
+
+/// Call `f` with [`datetime`]'s text, made on the stack.
+fn with_datetime<R>(t: Timestamp, f: impl FnOnce(&str) -> R) -> R {
+    let micros = t.micros_z();
+    match micros.as_str().strip_suffix(".000000Z") {
+        Some(whole) => {
+            let mut b = [b'Z'; 20];
+            b[..whole.len()].copy_from_slice(whole.as_bytes());
+            f(std::str::from_utf8(&b[..whole.len() + 1]).expect("ASCII"))
+        }
+        None => f(micros.as_str()),
     }
 }
 
@@ -87,13 +144,13 @@ impl<'a> ExperimentOut<'a> {
             id: e.id.as_str(),
             phase: &e.phase,
             parent_id: e.parent_id.as_ref().map(|p| p.as_str()),
-            created: datetime(e.created),
+            created: Datetime(e.created),
             hypothesis: &e.hypothesis,
             rationale: &e.rationale,
             status: e.status.as_str(),
             result: e.result.as_ref().map(ResultOut::new),
-            next_ideas: e.next_idea_strings(),
-            artifacts_dir: format!("{ARTIFACTS_ROOT}/{}", e.id),
+            next_ideas: IdeasOut(&e.next_ideas),
+            artifacts_dir: ArtifactsDir(&e.id),
         }
     }
 }
@@ -109,7 +166,7 @@ impl<'a> ResultOut<'a> {
             },
             secondary_metrics: MetricsOut(&r.secondary),
             shortfalls: &r.shortfalls,
-            evaluated_at: datetime(r.evaluated_at),
+            evaluated_at: Datetime(r.evaluated_at),
         }
     }
 }
@@ -119,8 +176,8 @@ pub fn render(state: &State) -> Vec<u8> {
     let out = RegistryOut {
         schema_version: 1,
         project: &state.project,
-        created: datetime(state.created),
-        experiments: state.experiments.iter().map(ExperimentOut::new).collect(),
+        created: Datetime(state.created),
+        experiments: ExperimentsOut(&state.experiments),
     };
     let mut buf = Vec::with_capacity(512 * (state.experiments.len() + 1));
     serde_json::to_writer_pretty(&mut buf, &out).expect("registry serializes");

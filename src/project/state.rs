@@ -6,6 +6,7 @@
 //! min, max, non-finite), not a list of values.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::curve::{ExpCurves, LR_SLOT, Thinned};
 
@@ -29,8 +30,8 @@ pub struct State {
     pub experiments: Vec<Experiment>,
     /// Events that name an experiment never minted (or mint one twice): not folded.
     pub ignored: u64,
-    /// Experiment id → position in `experiments`.
-    pub(crate) index: HashMap<String, usize>,
+    /// Experiment id ([`id_key`]) → position in `experiments`.
+    pub(crate) index: HashMap<u64, usize, BuildHasherDefault<KeyHasher>>,
     /// Position of the experiment the last event named: samples come in runs.
     pub(crate) hot: Option<usize>,
     /// What changed since the state was loaded (not persisted).
@@ -123,11 +124,12 @@ pub struct AlertMark {
 /// [`Details`], kept as the checkpoint's bytes until something reads or changes them: listing
 /// 10,000 experiments, or folding one sample into one of them, decodes only what it touches, and
 /// saving writes untouched details back as they were. The bytes are a range of the checkpoint
-/// buffer, shared, not copied.
+/// buffer, shared, not copied. Decoded details are boxed: inline, the empty cell made every
+/// [`Experiment`] 1.2 KB, 12 MB of memory touched to list 10,000 of them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Detail {
     raw: Option<(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>)>,
-    cell: std::sync::OnceLock<Details>,
+    cell: std::sync::OnceLock<Box<Details>>,
 }
 
 impl PartialEq for Detail {
@@ -152,11 +154,11 @@ impl Detail {
         self.cell.get_or_init(|| {
             let raw = self.raw();
             if raw.is_empty() {
-                return Details::default();
+                return Box::default();
             }
             // The checkpoint's CRC and version were checked when it was loaded; bytes that still
             // do not decode are a bug, not damage.
-            super::wire::decode_details(raw).expect("checked checkpoint details decode")
+            Box::new(super::wire::decode_details(raw).expect("checked checkpoint details decode"))
         })
     }
 
@@ -171,7 +173,7 @@ impl Detail {
     pub(crate) fn encoded(&self) -> std::borrow::Cow<'_, [u8]> {
         match self.cell.get() {
             None => std::borrow::Cow::Borrowed(self.raw()),
-            Some(d) if *d == Details::default() => std::borrow::Cow::Borrowed(&[]),
+            Some(d) if **d == Details::default() => std::borrow::Cow::Borrowed(&[]),
             Some(d) => std::borrow::Cow::Owned(super::wire::encode_details(d)),
         }
     }
@@ -423,11 +425,11 @@ impl State {
     }
 
     pub fn get(&self, id: &ExpId) -> Option<&Experiment> {
-        self.index.get(id.as_str()).map(|&i| &self.experiments[i])
+        self.position(id).map(|i| &self.experiments[i])
     }
 
     pub fn position(&self, id: &ExpId) -> Option<usize> {
-        self.index.get(id.as_str()).copied()
+        self.index.get(&id_key(id.as_str())?).copied()
     }
 
     /// Position of the experiment `id`, trying the last one looked up first.
@@ -437,7 +439,7 @@ impl State {
         {
             return Some(h);
         }
-        let i = *self.index.get(id)?;
+        let i = *self.index.get(&id_key(id)?)?;
         self.hot = Some(i);
         Some(i)
     }
@@ -452,28 +454,32 @@ impl State {
         }
     }
 
-    /// Ancestors of `id`, root first, `id` last (stops at an unknown parent or a cycle).
+    /// Ancestors of `id`, root first, `id` last (stops at an unknown parent or a cycle). Linear
+    /// in the length of the chain: a chain of 10,000 generations is a plain loop, not 50 million
+    /// comparisons.
     pub fn lineage(&self, id: &ExpId) -> Vec<&Experiment> {
         let mut chain = Vec::new();
-        let mut cur = self.get(id);
-        while let Some(e) = cur {
-            if chain.iter().any(|c: &&Experiment| c.id == e.id) {
+        let mut seen = vec![false; self.experiments.len()];
+        let mut cur = self.position(id);
+        while let Some(i) = cur {
+            if std::mem::replace(&mut seen[i], true) {
                 break;
             }
+            let e = &self.experiments[i];
             chain.push(e);
-            cur = e.parent_id.as_ref().and_then(|p| self.get(p));
+            cur = e.parent_id.as_ref().and_then(|p| self.position(p));
         }
         chain.reverse();
         chain
     }
 
     pub(crate) fn rebuild_index(&mut self) {
-        self.index = self
-            .experiments
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.id.as_str().to_owned(), i))
-            .collect();
+        let mut index =
+            HashMap::with_capacity_and_hasher(self.experiments.len(), Default::default());
+        for (i, e) in self.experiments.iter().enumerate() {
+            index.insert(id_key(e.id.as_str()).expect("an ExpId is exp-NNN"), i);
+        }
+        self.index = index;
         self.hot = None;
     }
 
@@ -497,6 +503,43 @@ impl State {
     }
 }
 
+/// An experiment id as a number, for the index: `exp-` and 1 to 9 digits are their value and
+/// their count (`exp-7` and `exp-007` differ), so the index holds no string per experiment.
+/// `None` for anything that is not an id (no experiment has it).
+pub(crate) fn id_key(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("exp-")?;
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    let mut n = 0u64;
+    for b in digits.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some((digits.len() as u64) << 32 | n)
+}
+
+/// Hashes an [`id_key`]: one multiplication (Fibonacci hashing) spreads consecutive numbers over
+/// every bit. The keys come from the log, not from an adversary.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Fold one event into the state. Pure: same events in the same order, same state.
 pub fn apply(state: &mut State, ev: &Event) {
     state.seq = ev.seq;
@@ -508,7 +551,8 @@ pub fn apply(state: &mut State, ev: &Event) {
         return;
     }
     if let Payload::ExperimentMinted(m) = p {
-        if state.index.contains_key(m.experiment_id.as_str()) {
+        let key = id_key(m.experiment_id.as_str()).expect("an ExpId is exp-NNN");
+        if state.index.contains_key(&key) {
             state.ignored += 1;
             return;
         }
@@ -517,7 +561,7 @@ pub fn apply(state: &mut State, ev: &Event) {
         state
             .experiments
             .push(Experiment::minted(m, ev.time, curves));
-        state.index.insert(m.experiment_id.as_str().to_owned(), i);
+        state.index.insert(key, i);
         state.dirty.registry = true;
         state.dirty.experiments.insert(i);
         return;
@@ -544,11 +588,8 @@ pub fn apply(state: &mut State, ev: &Event) {
                 // The reference: value − parent's value, when the parent has a result on the
                 // same metric, as the state is at this point of the log.
                 let e = &state.experiments[i];
-                let parent = e
-                    .parent_id
-                    .as_ref()
-                    .and_then(|p| state.index.get(p.as_str()))?;
-                let pr = state.experiments[*parent].result.as_ref()?;
+                let parent = state.position(e.parent_id.as_ref()?)?;
+                let pr = state.experiments[parent].result.as_ref()?;
                 (pr.metric == r.primary_metric.name).then_some(r.primary_metric.value - pr.value)
             });
             let e = &mut state.experiments[i];

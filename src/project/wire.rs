@@ -65,6 +65,11 @@ impl<'a> Dec<'a> {
         self.at += n;
         Ok(s)
     }
+    /// A length-prefixed string, borrowed.
+    fn str(&mut self) -> R<&'a str> {
+        let n = self.len()?;
+        std::str::from_utf8(self.bytes(n)?).map_err(|_| WireError("invalid UTF-8".into()))
+    }
     /// A list length, checked against the bytes left (every element takes at least one byte).
     fn len(&mut self) -> R<usize> {
         let n = u64::get(self)?;
@@ -90,6 +95,13 @@ impl Wire for u64 {
         out.push(v as u8);
     }
     fn get(d: &mut Dec<'_>) -> R<u64> {
+        // Most are lengths, counts and flags: one byte.
+        if let Some(&b) = d.b.get(d.at)
+            && b < 0x80
+        {
+            d.at += 1;
+            return Ok(u64::from(b));
+        }
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = d.byte()?;
@@ -162,15 +174,17 @@ impl Wire for bool {
     }
 }
 
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    s.len().put(out);
+    out.extend_from_slice(s.as_bytes());
+}
+
 impl Wire for String {
     fn put(&self, out: &mut Vec<u8>) {
-        self.len().put(out);
-        out.extend_from_slice(self.as_bytes());
+        put_str(self, out)
     }
     fn get(d: &mut Dec<'_>) -> R<String> {
-        let n = d.len()?;
-        let b = d.bytes(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| WireError("invalid UTF-8".into()))
+        d.str().map(str::to_owned)
     }
 }
 
@@ -231,10 +245,10 @@ impl Wire for Timestamp {
 
 impl Wire for ExpId {
     fn put(&self, out: &mut Vec<u8>) {
-        self.as_str().to_owned().put(out)
+        put_str(self.as_str(), out)
     }
     fn get(d: &mut Dec<'_>) -> R<ExpId> {
-        ExpId::parse(&String::get(d)?).map_err(|e| WireError(e.to_string()))
+        ExpId::parse(d.str()?).map_err(|e| WireError(e.to_string()))
     }
 }
 

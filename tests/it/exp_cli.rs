@@ -447,3 +447,235 @@ fn import_brings_later_python_changes_in() {
         text
     );
 }
+
+/// Every byte `exp list` and `exp show` print, text and `--json`, as the zolog before the read
+/// path was made faster printed them (tests/it/golden/exp-read.txt; `ZOLOG_DUMP_GOLDEN=dir`
+/// writes it there): the golden table (pipes, newlines, Unicode cut at 70 code points, %g edge
+/// cases), a run with NaN, a checkpoint, an alert, a kill and notes, labelled ideas, ids wider
+/// than their column, a NaN delta, a subnormal and a negative zero, a datetime on a whole second,
+/// and an imported Python registry. Each store is read from the log alone (no checkpoint yet)
+/// and again from the checkpoint: the same bytes.
+#[test]
+fn list_and_show_print_the_golden_bytes() {
+    use super::projections::{T0, golden_fixture, id, mint, result};
+    use zolog::event::{
+        AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, Metrics, NewEvent, NextIdea,
+        NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload, RunKilled, Source,
+        SourceKind, Timestamp, TrainingEnded, TrainingStarted,
+    };
+
+    fn outputs(root: &Path, ids: &[&str]) -> String {
+        let mut runs: Vec<Vec<&str>> = vec![vec!["exp", "list"], vec!["exp", "list", "--json"]];
+        for i in ids {
+            runs.push(vec!["exp", "show", i]);
+            runs.push(vec!["exp", "show", i, "--json"]);
+        }
+        let mut all = String::new();
+        for args in runs {
+            let out = super::common::zolog(root).args(&args).assert().success();
+            let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+            let dir = root.display().to_string();
+            all.push_str(&format!("==> zolog {} <==\n", args.join(" ")));
+            all.push_str(&text.replace(&dir, "<store>"));
+        }
+        all
+    }
+
+    let f = golden_fixture();
+    let e = |epoch: u64, loss: f64, acc: f64| {
+        Payload::EpochEnded(EpochEnded {
+            experiment_id: id("exp-002"),
+            epoch,
+            step: None,
+            metrics: Metrics(vec![("train_loss".into(), loss), ("val_acc".into(), acc)]),
+            learning_rate: Some(0.001),
+            wall_time_seconds: Some(epoch as f64 * 10.0),
+            gpu_memory_mb: None,
+        })
+    };
+    let note = |section, text: &str| {
+        Payload::NoteAdded(NoteAdded {
+            experiment_id: id("exp-002"),
+            section,
+            text: text.into(),
+        })
+    };
+    f.append_all(&[
+        (
+            20,
+            Payload::TrainingStarted(TrainingStarted {
+                experiment_id: id("exp-002"),
+                experiment_name: Some("tft-big".into()),
+                pid: Some(7),
+                host: Some("gpu-2".into()),
+                total_epochs: Some(4),
+                config: Default::default(),
+            }),
+        ),
+        (21, e(0, 1.5, 0.5)),
+        (22, e(1, 0.75, 0.6)),
+        (23, e(2, f64::NAN, 0.55)),
+        (
+            24,
+            Payload::CheckpointSaved(CheckpointSaved {
+                experiment_id: id("exp-002"),
+                epoch: Some(1),
+                path: "models/checkpoints/tft/best.pt".into(),
+                reason: CheckpointReason::Best,
+                metrics: Metrics::new(),
+                size_bytes: None,
+                content_hash: None,
+                state_keys: vec![],
+                fold: None,
+                trial: None,
+            }),
+        ),
+        (
+            25,
+            Payload::AlertRaised(AlertRaised {
+                experiment_id: id("exp-002"),
+                rule: "nan_inf".into(),
+                severity: zolog::event::Severity::Stop,
+                epoch: Some(2),
+                observed: Metrics(vec![("train_loss".into(), f64::NAN)]),
+                thresholds: Metrics::new(),
+                evidence_seqs: vec![23],
+                config_seq: None,
+                message: "train_loss is NaN at epoch 2.".into(),
+                likely_cause: "Learning rate too high.".into(),
+                recommended_action: "Lower the LR 10x.".into(),
+            }),
+        ),
+        (
+            26,
+            Payload::RunKilled(RunKilled {
+                experiment_id: id("exp-002"),
+                pid: Some(7),
+                alert_seqs: vec![25],
+                signal: "SIGTERM".into(),
+                by: "checker".into(),
+                reason: "nan_inf at epoch 2".into(),
+            }),
+        ),
+        (
+            27,
+            Payload::TrainingEnded(TrainingEnded {
+                experiment_id: id("exp-002"),
+                epoch: Some(2),
+                metrics: Metrics::new(),
+                wall_time_seconds: Some(21.0),
+                exit_code: None,
+                signal: Some(15),
+            }),
+        ),
+        (
+            28,
+            note(NoteSection::WhatHappened, "Loss spiked\nat epoch 2 | twice"),
+        ),
+        (29, note(NoteSection::Next, "Try bf16.")),
+        (30, mint("exp-1000", Some("exp-002"), "\twide\u{1f}id  ")),
+        (
+            31,
+            result(
+                "exp-1000",
+                OracleTier::Fail,
+                "a_really_long_metric_name",
+                -123456789.0,
+                Some(f64::NAN),
+            ),
+        ),
+        (
+            33,
+            Payload::NextIdeasRecorded(NextIdeasRecorded {
+                experiment_id: id("exp-1000"),
+                ideas: vec![
+                    NextIdea {
+                        label: Some("exp-1001".into()),
+                        idea: "Wider | deeper".into(),
+                        details: vec!["- Rationale: why".into()],
+                    },
+                    NextIdea {
+                        label: None,
+                        idea: "Plain".into(),
+                        details: vec![],
+                    },
+                ],
+            }),
+        ),
+    ]);
+    // Minted on a whole second: registry datetimes then have no fraction.
+    let whole = Timestamp((T0 / 1_000_000_000 + 60) * 1_000_000_000);
+    f.store
+        .append(&[NewEvent {
+            time: whole,
+            appended: None,
+            source: Source {
+                kind: SourceKind::Cli,
+                pid: None,
+                host: None,
+            },
+            payload: mint("exp-123456789", Some("exp-1000"), &"x ".repeat(40)),
+        }])
+        .unwrap();
+    f.append(
+        61,
+        result(
+            "exp-123456789",
+            OracleTier::MustPass,
+            "loss",
+            5e-324,
+            Some(-0.0),
+        ),
+    );
+    let root = f.store.root().to_path_buf();
+    let ids = [
+        "exp-001",
+        "exp-002",
+        "exp-003",
+        "exp-004",
+        "exp-006",
+        "exp-1000",
+        "exp-123456789",
+    ];
+    let from_log = outputs(&root, &ids);
+    zolog::project::refresh(&f.store).unwrap();
+    assert!(
+        root.join("state")
+            .join(zolog::project::checkpoint::FILE_NAME)
+            .exists(),
+        "a checkpoint to read from"
+    );
+    let from_checkpoint = outputs(&root, &ids);
+    assert_eq!(
+        from_log, from_checkpoint,
+        "the log alone and the checkpoint"
+    );
+
+    // An imported Python registry.
+    let c = Cli::new();
+    let path = c.write("registry.json", PYTHON_REGISTRY);
+    c.ok(&["import", path.to_str().unwrap()]);
+    let imported = outputs(
+        &c.dir.path().join(".zo"),
+        &["exp-001", "exp-002", "exp-003", "exp-004", "exp-010"],
+    );
+
+    let all = format!("{from_checkpoint}{imported}");
+    if let Ok(d) = std::env::var("ZOLOG_DUMP_GOLDEN") {
+        std::fs::write(Path::new(&d).join("exp-read.txt"), &all).unwrap();
+    }
+    let golden = include_str!("golden/exp-read.txt");
+    if all != golden {
+        let line = all
+            .lines()
+            .zip(golden.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "differs from tests/it/golden/exp-read.txt at line {}:\n  got  {:?}\n  want {:?}",
+            line + 1,
+            all.lines().nth(line),
+            golden.lines().nth(line)
+        );
+    }
+}

@@ -120,7 +120,7 @@ pub fn ideas(n: &str, list: &[&str]) -> Payload {
     })
 }
 
-fn status(n: &str, s: ExperimentStatus, reason: &str) -> Payload {
+pub fn status(n: &str, s: ExperimentStatus, reason: &str) -> Payload {
     Payload::ExperimentStatusChanged(ExperimentStatusChanged {
         experiment_id: id(n),
         status: s,
@@ -191,7 +191,7 @@ fn golden_empty_registry() {
 /// The golden table: pipes and newlines, a long Unicode hypothesis, %g edge cases, computed and
 /// given (negative) deltas, running and failed experiments, and `## Next planned` from the most
 /// recently created experiment (the first minted of two created at the same time).
-fn golden_fixture() -> Fixture {
+pub fn golden_fixture() -> Fixture {
     let f = Fixture::new("prod-001");
     let long = "Température élevée → régularisation plus forte du décodeur: 注意力头 réduits de moitié pour limiter le sur-apprentissage";
     f.append_all(&[
