@@ -6,6 +6,7 @@
 
 pub mod frame;
 pub mod fs;
+pub mod hint;
 pub mod scan;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use self::frame::{DEFAULT_MAX_RECORD, SEGMENT_HEADER_LEN, SegmentHeader};
 use self::fs::{Fs, FsFile, LockFailure, LockGuard};
+use self::hint::{HINT_FILE, HINT_LEN, TailHint};
 pub use self::scan::{RecordRef, Tail};
 
 /// The default segment size at which the writer starts a new segment: 64 MiB.
@@ -86,15 +88,18 @@ impl Default for LogOptions {
     }
 }
 
-/// Where the writer left the end of the log, so the next writer in this process need not rescan
-/// the whole last segment. Checked before it is trusted.
-#[derive(Debug, Clone, Copy)]
-struct TailHint {
-    segment_first_seq: u64,
-    end: u64,
-    next_seq: u64,
-    last_crc: u32,
-    last_record_at: Option<u64>,
+/// How a writer found the end of the log when it opened (for `-vv` and for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TailFrom {
+    /// There was no segment yet: the writer started the log.
+    NewLog,
+    /// The hint an earlier writer of this process left in memory.
+    Memory,
+    /// The hint file (`TAIL`) an earlier writer left, possibly in another process.
+    HintFile,
+    /// A scan of the whole last segment.
+    Scan,
 }
 
 #[derive(Debug)]
@@ -102,6 +107,7 @@ struct Inner {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     opts: LogOptions,
+    /// Where this process's last writer left the end of the log (see `open_tail`).
     hint: Mutex<Option<TailHint>>,
 }
 
@@ -164,6 +170,10 @@ impl Log {
         self.inner.dir.join("LOCK")
     }
 
+    fn hint_path(&self) -> PathBuf {
+        self.inner.dir.join(HINT_FILE)
+    }
+
     pub fn segment_path(&self, first_seq: u64) -> PathBuf {
         self.inner.dir.join(segment_name(first_seq))
     }
@@ -209,7 +219,7 @@ impl Log {
     /// the lock until dropped.
     pub fn writer(&self) -> Result<Writer> {
         let lock = self.lock()?;
-        let (writer, cut) = self.open_tail(lock)?;
+        let (writer, cut) = self.open_tail(lock, true)?;
         if let Some(cut) = cut {
             tracing::warn!(
                 segment = %cut.segment.display(),
@@ -238,10 +248,11 @@ impl Log {
             })
     }
 
-    /// Recover the tail (as any writer does on open) and report what was cut.
+    /// Recover the tail (as any writer does on open) and report what was cut. Trusts no hint:
+    /// the whole last segment is scanned, so damage anywhere in it is reported.
     pub fn recover(&self) -> Result<Option<Cut>> {
         let lock = self.lock()?;
-        let (_w, cut) = self.open_tail(lock)?;
+        let (_w, cut) = self.open_tail(lock, false)?;
         Ok(cut)
     }
 
@@ -250,11 +261,6 @@ impl Log {
     /// a complete batch. The bytes after it, and every later segment, are kept as `.broken` files.
     pub fn cut_at(&self, segment_first_seq: u64, offset: u64) -> Result<Vec<Cut>> {
         let _lock = self.lock()?;
-        self.inner
-            .hint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         let segments = self.segments()?;
         let idx = segments
             .iter()
@@ -296,6 +302,9 @@ impl Log {
                 hlen + s.clean_end
             )));
         }
+        // The hints name an end that is about to go. (The file's removal is made durable by the
+        // directory fsyncs below; should it come back anyway, it no longer matches the segment.)
+        self.forget_hints();
         let mut cuts = Vec::new();
         // Later segments first, newest first, so a crash leaves a log that still ends cleanly.
         for &later in segments[idx + 1..].iter().rev() {
@@ -330,6 +339,20 @@ impl Log {
             cuts.push(cut);
         }
         Ok(cuts)
+    }
+
+    fn forget_hints(&self) {
+        self.inner
+            .hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let path = self.hint_path();
+        if let Err(e) = self.inner.fs.remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::debug!("could not remove {}: {e}", path.display());
+        }
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -397,7 +420,19 @@ impl Log {
     }
 
     /// Under the lock: find the end of the log, cutting a torn tail, and build a writer there.
-    fn open_tail(&self, lock: Box<dyn LockGuard>) -> Result<(Writer, Option<Cut>)> {
+    ///
+    /// With `use_hints`, a hint says where the last complete batch ended, and only the bytes
+    /// after it are scanned: this process's own hint if its last record is still there, else the
+    /// hint file if its last record is still there and the CRC of every byte before its end still
+    /// matches (so damage before the hint is found as a full scan finds it). Without a hint that
+    /// holds, the whole last segment is scanned. Either way everything after the starting point
+    /// is scanned, and a torn tail there is cut, damage refused.
+    fn open_tail(
+        &self,
+        lock: Box<dyn LockGuard>,
+        use_hints: bool,
+    ) -> Result<(Writer, Option<Cut>)> {
+        let started = std::time::Instant::now();
         let fs = &self.inner.fs;
         let dir = &self.inner.dir;
         let max = self.inner.opts.max_record;
@@ -423,7 +458,6 @@ impl Log {
             }
             return Ok((w, None));
         };
-        let hint = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
         if removed {
             self.sync_dir()?;
         }
@@ -431,49 +465,81 @@ impl Log {
         let mut file = fs.open(&path).map_err(|e| LogError::io("open", &path, e))?;
         let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
 
-        // Trust the hint only if the record it names is still there, unchanged.
-        if let Some(h) = hint
-            && h.segment_first_seq == last
-            && len >= h.end
-            && self.hint_holds(&mut *file, &h)
-        {
-            let rest = file
-                .read_range(h.end, (len - h.end) as usize)
-                .map_err(|e| LogError::io("read", &path, e))?;
-            let s = scan::scan::<()>(&rest, h.end, h.next_seq, max, |_| Ok(()))
-                .unwrap_or_else(|()| unreachable!());
-            let end = h.end + s.clean_end as u64;
-            let cut = self.settle_tail(&mut *file, &path, h.end, &rest, &s)?;
-            let w = Writer {
-                log: self.clone(),
-                _lock: lock,
-                file,
-                path,
-                segment_first_seq: last,
-                end,
-                next_seq: s.next_seq,
-                last_crc: s.last_crc.unwrap_or(h.last_crc),
-                last_record_at: s
-                    .last_record_at
-                    .map(|o| h.end + o as u64)
-                    .or(h.last_record_at),
-                poisoned: None,
-                buf: Vec::new(),
-            };
-            return self.entry_durable(w, cut, removed);
-        }
-
-        let bytes = file
-            .read_range(0, len as usize)
+        let hinted = if use_hints {
+            self.usable_hint(&mut *file, last, len)
+        } else {
+            None
+        };
+        let (start, from) = match hinted {
+            Some(found) => found,
+            None => (self.segment_start(&mut *file, &path, last)?, TailFrom::Scan),
+        };
+        // Everything after the starting point is scanned: a torn tail there is cut, damage
+        // refused, records that other writers appended since the hint was left are taken in.
+        let rest = file
+            .read_range(
+                start.end,
+                usize::try_from(len - start.end).unwrap_or(usize::MAX),
+            )
             .map_err(|e| LogError::io("read", &path, e))?;
-        let (header, hlen) = SegmentHeader::decode(&bytes).map_err(|e| LogError::Corrupted {
-            segment: path.clone(),
+        let s = scan::scan::<()>(&rest, start.end, start.next_seq, max, |_| Ok(()))
+            .unwrap_or_else(|()| unreachable!());
+        let cut = self.settle_tail(&mut *file, &path, start.end, &rest, &s)?;
+        let mut prefix = crc32fast::Hasher::new_with_initial(start.prefix_crc);
+        prefix.update(&rest[..s.clean_end]);
+        let mut w = Writer {
+            log: self.clone(),
+            _lock: lock,
+            file,
+            path,
+            segment_first_seq: last,
+            end: start.end + s.clean_end as u64,
+            next_seq: s.next_seq,
+            last_crc: s.last_crc.unwrap_or(start.last_crc),
+            last_record_at: s
+                .last_record_at
+                .map(|o| start.end + o as u64)
+                .or(start.last_record_at),
+            prefix,
+            hint_file: HintFile::Unopened,
+            opened_from: from,
+            poisoned: None,
+            buf: Vec::new(),
+        };
+        // Leave a hint for the next writer, unless the one used still says where the end is.
+        let unchanged = s.clean_end == 0 && cut.is_none();
+        match from {
+            TailFrom::Memory if unchanged => {}
+            TailFrom::HintFile if unchanged => {
+                w.remember_in_memory();
+            }
+            _ => w.remember(),
+        }
+        tracing::debug!(
+            from = ?from,
+            segment = %w.path.display(),
+            end = w.end,
+            next_seq = w.next_seq,
+            scanned = rest.len(),
+            elapsed = ?started.elapsed(),
+            "log writer opened"
+        );
+        self.entry_durable(w, cut, removed)
+    }
+
+    /// The start of the whole last segment's scan: just after its header, checked.
+    fn segment_start(&self, file: &mut dyn FsFile, path: &Path, last: u64) -> Result<TailHint> {
+        let hb = file
+            .read_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| LogError::io("read", path, e))?;
+        let (header, hlen) = SegmentHeader::decode(&hb).map_err(|e| LogError::Corrupted {
+            segment: path.to_path_buf(),
             offset: 0,
             reason: e.to_string(),
         })?;
         if header.first_seq != last {
             return Err(LogError::Corrupted {
-                segment: path.clone(),
+                segment: path.to_path_buf(),
                 offset: 16,
                 reason: format!(
                     "segment header says first seq {}, its name says {last}",
@@ -481,25 +547,103 @@ impl Log {
                 ),
             });
         }
-        let s = scan::scan::<()>(&bytes[hlen..], hlen as u64, header.first_seq, max, |_| {
-            Ok(())
-        })
-        .unwrap_or_else(|()| unreachable!());
-        let cut = self.settle_tail(&mut *file, &path, hlen as u64, &bytes[hlen..], &s)?;
-        let w = Writer {
-            log: self.clone(),
-            _lock: lock,
-            file,
-            path,
+        Ok(TailHint {
             segment_first_seq: last,
-            end: (hlen + s.clean_end) as u64,
-            next_seq: s.next_seq,
-            last_crc: s.last_crc.unwrap_or(header.prev_tail_crc),
-            last_record_at: s.last_record_at.map(|o| (hlen + o) as u64),
-            poisoned: None,
-            buf: Vec::new(),
+            end: hlen as u64,
+            next_seq: header.first_seq,
+            last_crc: header.prev_tail_crc,
+            last_record_at: None,
+            prefix_crc: crc32fast::hash(&hb[..hlen]),
+        })
+    }
+
+    /// A hint that holds for the last segment (which starts at `last` and is `len` bytes long),
+    /// and where it came from; `None` when there is none (the hint file is ignored, never an
+    /// error, whatever is wrong with it).
+    fn usable_hint(
+        &self,
+        file: &mut dyn FsFile,
+        last: u64,
+        len: u64,
+    ) -> Option<(TailHint, TailFrom)> {
+        let mem = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = mem
+            && h.segment_first_seq == last
+            && self.hint_holds(file, &h, len)
+        {
+            return Some((h, TailFrom::Memory));
+        }
+        let h = match self.read_hint_file() {
+            Ok(h) => h,
+            Err(why) => {
+                tracing::debug!("tail hint file not used: {why}");
+                return None;
+            }
         };
-        self.entry_durable(w, cut, removed)
+        let why = if h.segment_first_seq != last {
+            format!(
+                "it names segment {}, the last one is {}",
+                h.segment_first_seq, last
+            )
+        } else if !self.hint_holds(file, &h, len) {
+            format!(
+                "the segment no longer holds its record ending at {} (length {len})",
+                h.end
+            )
+        } else if !prefix_holds(file, &h) {
+            format!("the bytes before offset {} changed", h.end)
+        } else {
+            return Some((h, TailFrom::HintFile));
+        };
+        tracing::debug!("tail hint file not used: {why}");
+        None
+    }
+
+    /// The hint file's hint, or why there is none.
+    fn read_hint_file(&self) -> std::result::Result<TailHint, String> {
+        let path = self.hint_path();
+        let mut f = match self.inner.fs.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no file".into()),
+            Err(e) => return Err(format!("open: {e}")),
+        };
+        let b = f
+            .read_range(0, HINT_LEN)
+            .map_err(|e| format!("read: {e}"))?;
+        TailHint::decode(&b).map_err(str::to_owned)
+    }
+
+    /// Whether the record a hint names is still there, unchanged, and closes the batch that ends
+    /// where the hint says (or, for a segment without records, whether the header still says
+    /// what the hint says); and the segment's header still names its segment. A few small reads.
+    fn hint_holds(&self, file: &mut dyn FsFile, h: &TailHint, len: u64) -> bool {
+        if h.end > len {
+            return false;
+        }
+        let Some((sh, hlen)) = file
+            .read_range(0, SEGMENT_HEADER_LEN)
+            .ok()
+            .and_then(|b| SegmentHeader::decode(&b).ok())
+        else {
+            return false;
+        };
+        if sh.first_seq != h.segment_first_seq {
+            return false;
+        }
+        let Some(at) = h.last_record_at else {
+            return h.end == hlen as u64
+                && h.next_seq == sh.first_seq
+                && h.last_crc == sh.prev_tail_crc;
+        };
+        file.read_range(at, frame::FRAME_HEADER_LEN)
+            .ok()
+            .and_then(|b| frame::parse_header(&b, self.inner.opts.max_record).ok())
+            .is_some_and(|fh| {
+                fh.header_crc == h.last_crc
+                    && fh.batch_end()
+                    && fh.seq + 1 == h.next_seq
+                    && at + fh.frame_len() as u64 == h.end
+            })
     }
 
     /// A segment that holds no record yet may have a directory entry that was never made durable
@@ -517,27 +661,6 @@ impl Log {
             self.sync_dir()?;
         }
         Ok((w, cut))
-    }
-
-    fn hint_holds(&self, file: &mut dyn FsFile, h: &TailHint) -> bool {
-        let Some(at) = h.last_record_at else {
-            // No record yet in this segment: the header must still say what we think.
-            return file
-                .read_range(0, SEGMENT_HEADER_LEN)
-                .ok()
-                .and_then(|b| SegmentHeader::decode(&b).ok())
-                .is_some_and(|(sh, _)| {
-                    sh.first_seq == h.segment_first_seq && h.end == SEGMENT_HEADER_LEN as u64
-                });
-        };
-        file.read_range(at, frame::FRAME_HEADER_LEN)
-            .ok()
-            .and_then(|b| frame::parse_header(&b, self.inner.opts.max_record).ok())
-            .is_some_and(|fh| {
-                fh.header_crc == h.last_crc
-                    && fh.seq + 1 == h.next_seq
-                    && at + fh.frame_len() as u64 == h.end
-            })
     }
 
     /// Act on the tail a scan found: cut a torn one, refuse damage.
@@ -925,6 +1048,40 @@ impl Log {
     }
 }
 
+/// Whether the CRC-32 of the segment's bytes before the hint's end is the one the hint recorded:
+/// a sequential read in chunks (no frame parsing, no buffer the size of the segment).
+fn prefix_holds(file: &mut dyn FsFile, h: &TailHint) -> bool {
+    // Small under test, so that small logs are read in several chunks.
+    const CHUNK: u64 = if cfg!(test) { 4096 } else { 1 << 20 };
+    let mut buf = vec![0u8; CHUNK.min(h.end) as usize];
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0;
+    while at < h.end {
+        let n = (h.end - at).min(CHUNK) as usize;
+        match file.read_at(at, &mut buf[..n]) {
+            Ok(0) | Err(_) => return false,
+            Ok(got) => {
+                crc.update(&buf[..got]);
+                at += got as u64;
+            }
+        }
+    }
+    crc.finalize() == h.prefix_crc
+}
+
+/// The CRC-32 state of a new segment's bytes: its header.
+fn header_prefix(first_seq: u64, prev_tail_crc: u32) -> crc32fast::Hasher {
+    let mut h = crc32fast::Hasher::new();
+    h.update(
+        &SegmentHeader {
+            first_seq,
+            prev_tail_crc,
+        }
+        .encode(),
+    );
+    h
+}
+
 /// Validates one payload for [`Log::verify`]: `Err` says what is wrong with it. Called from
 /// several threads at once.
 pub type PayloadCheck<'a> = dyn Fn(u64, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
@@ -1007,8 +1164,21 @@ pub struct Writer {
     next_seq: u64,
     last_crc: u32,
     last_record_at: Option<u64>,
+    /// CRC-32 of the segment's bytes `0..end`, for the hint file.
+    prefix: crc32fast::Hasher,
+    hint_file: HintFile,
+    opened_from: TailFrom,
     poisoned: Option<String>,
     buf: Vec<u8>,
+}
+
+/// The writer's handle on the hint file, opened at its first write.
+#[derive(Debug)]
+enum HintFile {
+    Unopened,
+    Open(Box<dyn FsFile>),
+    /// Opening or writing it failed: no more attempts (a hint is only ever an optimisation).
+    Failed,
 }
 
 impl Writer {
@@ -1031,6 +1201,9 @@ impl Writer {
             next_seq: first_seq,
             last_crc: prev_tail_crc,
             last_record_at: None,
+            prefix: header_prefix(first_seq, prev_tail_crc),
+            hint_file: HintFile::Unopened,
+            opened_from: TailFrom::NewLog,
             poisoned: None,
             buf: Vec::new(),
         })
@@ -1039,6 +1212,11 @@ impl Writer {
     /// The sequence number the next record will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// How this writer found the end of the log when it opened.
+    pub fn opened_from(&self) -> TailFrom {
+        self.opened_from
     }
 
     /// Append one batch: every payload gets the next sequence number, the last closes the batch,
@@ -1079,6 +1257,9 @@ impl Writer {
         }
         let result = self.write_batch(&buf);
         let batch_len = buf.len() as u64;
+        if result.is_ok() {
+            self.prefix.update(&buf);
+        }
         self.buf = buf;
         result?;
         let start = self.end;
@@ -1145,26 +1326,85 @@ impl Writer {
         self.path = self.log.segment_path(self.next_seq);
         self.end = SEGMENT_HEADER_LEN as u64;
         self.last_record_at = None;
+        self.prefix = header_prefix(self.next_seq, self.last_crc);
         Ok(())
     }
 
-    fn remember(&self) {
-        *self
-            .log
-            .inner
-            .hint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(TailHint {
+    fn hint(&self) -> TailHint {
+        TailHint {
             segment_first_seq: self.segment_first_seq,
             end: self.end,
             next_seq: self.next_seq,
             last_crc: self.last_crc,
             last_record_at: self.last_record_at,
-        });
+            prefix_crc: self.prefix.clone().finalize(),
+        }
+    }
+
+    /// Leave the end of the log for the next writer: in memory for this process, and in the
+    /// hint file for the next one.
+    fn remember(&mut self) {
+        let h = self.remember_in_memory();
+        self.write_hint_file(&h);
+    }
+
+    fn remember_in_memory(&self) -> TailHint {
+        let h = self.hint();
+        *self
+            .log
+            .inner
+            .hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(h);
+        h
+    }
+
+    /// One positional write of the 64-byte hint over the old one, without fsync: the hint is
+    /// checked against the segment before it is used, so one that is lost, torn, or older than
+    /// the log after a crash costs a longer scan, never correctness; and only after the batch it
+    /// names is durable, so it never names a record that was not. Failures are not errors.
+    fn write_hint_file(&mut self, h: &TailHint) {
+        if let HintFile::Unopened = self.hint_file {
+            self.hint_file = match self.log.open_hint_file() {
+                Ok(f) => HintFile::Open(f),
+                Err(e) => {
+                    tracing::debug!("tail hint file: {e}");
+                    HintFile::Failed
+                }
+            };
+        }
+        if let HintFile::Open(f) = &mut self.hint_file
+            && let Err(e) = f.write_all_at(0, &h.encode())
+        {
+            tracing::debug!(
+                "tail hint file {}: write: {e}",
+                self.log.hint_path().display()
+            );
+            self.hint_file = HintFile::Failed;
+        }
     }
 }
 
 impl Log {
+    /// The hint file, created if absent, and cut to the hint's length if longer (another
+    /// version's): then it is only ever overwritten in place, with the same length, so that
+    /// writing it costs no block allocation and no flush on close.
+    fn open_hint_file(&self) -> Result<Box<dyn FsFile>> {
+        let fs = &self.inner.fs;
+        let path = self.hint_path();
+        let io = |op| move |e| LogError::io(op, &self.hint_path(), e);
+        let mut f = match fs.open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs.create_new(&path).map_err(io("create"))?
+            }
+            other => other.map_err(io("open"))?,
+        };
+        if f.len().map_err(io("stat"))? > HINT_LEN as u64 {
+            f.set_len(HINT_LEN as u64).map_err(io("truncate"))?;
+        }
+        Ok(f)
+    }
+
     fn new_segment_file(&self, first_seq: u64, prev_tail_crc: u32) -> Result<Box<dyn FsFile>> {
         let fs = &self.inner.fs;
         let path = self.segment_path(first_seq);
