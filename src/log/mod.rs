@@ -435,7 +435,6 @@ impl Log {
         let started = std::time::Instant::now();
         let fs = &self.inner.fs;
         let dir = &self.inner.dir;
-        let max = self.inner.opts.max_record;
         // Segments that were never renamed into place hold nothing acknowledged.
         let names = fs.list(dir).map_err(|e| LogError::io("list", dir, e))?;
         let mut removed = false;
@@ -476,38 +475,25 @@ impl Log {
         };
         // Everything after the starting point is scanned: a torn tail there is cut, damage
         // refused, records that other writers appended since the hint was left are taken in.
-        let rest = file
-            .read_range(
-                start.end,
-                usize::try_from(len - start.end).unwrap_or(usize::MAX),
-            )
-            .map_err(|e| LogError::io("read", &path, e))?;
-        let s = scan::scan::<()>(&rest, start.end, start.next_seq, max, |_| Ok(()))
-            .unwrap_or_else(|()| unreachable!());
-        let cut = self.settle_tail(&mut *file, &path, start.end, &rest, &s)?;
-        let mut prefix = crc32fast::Hasher::new_with_initial(start.prefix_crc);
-        prefix.update(&rest[..s.clean_end]);
+        let (end, scanned, cut) = self.scan_on(&mut *file, &path, len, start)?;
         let mut w = Writer {
             log: self.clone(),
             _lock: lock,
             file,
             path,
             segment_first_seq: last,
-            end: start.end + s.clean_end as u64,
-            next_seq: s.next_seq,
-            last_crc: s.last_crc.unwrap_or(start.last_crc),
-            last_record_at: s
-                .last_record_at
-                .map(|o| start.end + o as u64)
-                .or(start.last_record_at),
-            prefix,
+            end: end.end,
+            next_seq: end.next_seq,
+            last_crc: end.last_crc,
+            last_record_at: end.last_record_at,
+            prefix: crc32fast::Hasher::new_with_initial(end.prefix_crc),
             hint_file: HintFile::Unopened,
             opened_from: from,
             poisoned: None,
             buf: Vec::new(),
         };
         // Leave a hint for the next writer, unless the one used still says where the end is.
-        let unchanged = s.clean_end == 0 && cut.is_none();
+        let unchanged = scanned == 0;
         match from {
             TailFrom::Memory if unchanged => {}
             TailFrom::HintFile if unchanged => {
@@ -520,7 +506,7 @@ impl Log {
             segment = %w.path.display(),
             end = w.end,
             next_seq = w.next_seq,
-            scanned = rest.len(),
+            scanned,
             elapsed = ?started.elapsed(),
             "log writer opened"
         );
@@ -663,32 +649,82 @@ impl Log {
         Ok((w, cut))
     }
 
-    /// Act on the tail a scan found: cut a torn one, refuse damage.
-    fn settle_tail(
+    /// Scan the segment (`len` bytes) from `start` to its end, and act on its tail: cut a torn
+    /// one, refuse damage. Returns the end of the last complete batch (as a hint), the bytes
+    /// read, and what was cut.
+    ///
+    /// Read in chunks into one buffer, as `verify` reads (no buffer the size of the segment): a
+    /// chunk that ends inside a batch is read again from the end of its last complete batch; one
+    /// that holds no complete batch is read again bigger, up to the end of the file, where a bad
+    /// frame is told apart as a torn tail or damage with everything after it in view. Damage
+    /// found in a chunk is damage in the whole segment too (the valid frame after it is there).
+    fn scan_on(
         &self,
         file: &mut dyn FsFile,
         path: &Path,
-        base: u64,
-        bytes: &[u8],
-        s: &scan::Scan,
-    ) -> Result<Option<Cut>> {
-        match &s.tail {
-            Tail::Clean => Ok(None),
-            Tail::Damaged { at, reason } => Err(LogError::Corrupted {
-                segment: path.to_path_buf(),
-                offset: base + *at as u64,
-                reason: format!(
-                    "{reason}; valid records follow the damage, so it is not a torn tail and nothing was cut (see `zolog verify`, and `zolog recover --cut-at` to cut explicitly)"
-                ),
-            }),
-            Tail::Torn { reason, .. } => self.cut_file(
-                file,
-                path,
-                base + s.clean_end as u64,
-                &bytes[s.clean_end..],
-                reason.clone(),
-            ),
-        }
+        len: u64,
+        start: TailHint,
+    ) -> Result<(TailHint, u64, Option<Cut>)> {
+        // Small under test, so that small logs are read in several chunks.
+        const CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
+        let max = self.inner.opts.max_record;
+        let mut at = start;
+        let mut prefix = crc32fast::Hasher::new_with_initial(start.prefix_crc);
+        let mut buf = Vec::new();
+        let mut want = CHUNK;
+        let mut read = 0;
+        let cut = loop {
+            let avail = len.saturating_sub(at.end);
+            if avail == 0 {
+                break None;
+            }
+            let n = usize::try_from(avail).map_or(want, |a| a.min(want));
+            buf.resize(n, 0);
+            let mut got = 0;
+            while got < n {
+                match file
+                    .read_at(at.end + got as u64, &mut buf[got..n])
+                    .map_err(|e| LogError::io("read", path, e))?
+                {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            read += got as u64;
+            // (A short read: the file is shorter than it was; what was read is all there is.)
+            let at_end = got < n || got as u64 == avail;
+            let base = at.end;
+            let s = scan::scan::<()>(&buf[..got], base, at.next_seq, max, |_| Ok(()))
+                .unwrap_or_else(|()| unreachable!());
+            prefix.update(&buf[..s.clean_end]);
+            at.end += s.clean_end as u64;
+            at.next_seq = s.next_seq;
+            at.last_crc = s.last_crc.unwrap_or(at.last_crc);
+            at.last_record_at = s
+                .last_record_at
+                .map(|o| base + o as u64)
+                .or(at.last_record_at);
+            match s.tail {
+                Tail::Clean if at_end => break None,
+                Tail::Clean => want = CHUNK,
+                Tail::Damaged { at: bad, reason } => {
+                    return Err(LogError::Corrupted {
+                        segment: path.to_path_buf(),
+                        offset: base + bad as u64,
+                        reason: format!(
+                            "{reason}; valid records follow the damage, so it is not a torn tail and nothing was cut (see `zolog verify`, and `zolog recover --cut-at` to cut explicitly)"
+                        ),
+                    });
+                }
+                Tail::Torn { reason, .. } if at_end => {
+                    break self.cut_file(file, path, at.end, &buf[s.clean_end..got], reason)?;
+                }
+                Tail::Torn { .. } if s.clean_end > 0 => want = CHUNK,
+                Tail::Torn { .. } => want = want.saturating_mul(2),
+            }
+        };
+        at.prefix_crc = prefix.finalize();
+        Ok((at, read, cut))
     }
 
     /// The checked header of the frame at `pos`, if that record is still there: its header CRC
@@ -1716,10 +1752,9 @@ mod tests {
         }
     }
 
-    /// Verify reads segments in chunks (4 KiB under test): whatever the damage, it finds what a
-    /// scan of the whole segment finds, and counts every record of a clean one.
-    #[test]
-    fn chunked_verify_agrees_with_a_whole_segment_scan() {
+    /// A one-segment log of 300 random batches, some far larger than a chunk; its records, and
+    /// the hint file as it was after the first 100 batches.
+    fn big_log(x: &mut u64) -> (FaultFs, Log, u64, Vec<u8>) {
         let fs = FaultFs::new();
         let opts = LogOptions {
             segment_size: 1 << 30,
@@ -1727,22 +1762,29 @@ mod tests {
         };
         let log = Log::open(Arc::new(fs.clone()), "/l", opts).unwrap();
         let mut w = log.writer().unwrap();
-        let mut x = 0x1234_5678_9abc_def1u64;
         let mut n = 0;
+        let mut early_hint = Vec::new();
         for b in 0..300 {
-            // Some batches far larger than a chunk.
-            let count = if b % 50 == 7 {
-                60
-            } else {
-                1 + xorshift(&mut x) % 6
-            };
+            let count = if b % 50 == 7 { 60 } else { 1 + xorshift(x) % 6 };
             let batch: Vec<Vec<u8>> = (0..count)
-                .map(|_| vec![b as u8; (xorshift(&mut x) % 300) as usize])
+                .map(|_| vec![b as u8; (xorshift(x) % 300) as usize])
                 .collect();
             n += batch.len() as u64;
             w.append(&batch).unwrap();
+            if b == 99 {
+                early_hint = fs.read_live(&log.hint_path()).unwrap();
+            }
         }
         drop(w);
+        (fs, log, n, early_hint)
+    }
+
+    /// Verify reads segments in chunks (4 KiB under test): whatever the damage, it finds what a
+    /// scan of the whole segment finds, and counts every record of a clean one.
+    #[test]
+    fn chunked_verify_agrees_with_a_whole_segment_scan() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let (fs, log, n, _) = big_log(&mut x);
         let seg = log.segment_path(1);
         let bytes = fs.read_live(&seg).unwrap();
         assert!(bytes.len() > 20 * 4096);
@@ -1779,5 +1821,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A writer's open scans in chunks too (4 KiB under test), from the segment's header or from
+    /// a hint: whatever the damage, it cuts or refuses where a scan of the whole segment says.
+    #[test]
+    fn chunked_open_agrees_with_a_whole_segment_scan() {
+        let mut x = 0x0bad_cafe_f00d_0001u64;
+        let (fs, log, _, early_hint) = big_log(&mut x);
+        let seg = log.segment_path(1);
+        let bytes = fs.read_live(&seg).unwrap();
+        let hint_end = TailHint::decode(&early_hint).unwrap().end;
+        let (mut from_hint, mut scans) = (0, 0);
+        for i in 0..400 {
+            let b = if i % 2 == 0 {
+                let bit = 32 * 8 + xorshift(&mut x) % ((bytes.len() as u64 - 32) * 8);
+                let mut b = bytes.clone();
+                b[(bit / 8) as usize] ^= 1 << (bit % 8);
+                b
+            } else {
+                bytes[..32 + (xorshift(&mut x) as usize) % (bytes.len() - 32)].to_vec()
+            };
+            let want = whole_scan(&b);
+            let changed_at = b.iter().zip(&bytes).position(|(p, q)| p != q);
+            let changed_at = changed_at.unwrap_or(b.len()) as u64;
+            // recover (no hint), then a new process's writer with the early hint file.
+            for with_hint in [false, true] {
+                fs.write_raw(&seg, b.clone());
+                let fresh = Log::open(Arc::new(fs.clone()), "/l", log.options().clone()).unwrap();
+                let r = if with_hint {
+                    fs.write_raw(&log.hint_path(), early_hint.clone());
+                    fresh.writer().map(|w| {
+                        let hinted = w.opened_from() == TailFrom::HintFile;
+                        assert_eq!(hinted, changed_at >= hint_end, "case {i}");
+                        if hinted {
+                            from_hint += 1;
+                        } else {
+                            scans += 1;
+                        }
+                    })
+                } else {
+                    fresh.recover().map(drop)
+                };
+                let len = fs.read_live(&seg).unwrap().len() as u64;
+                match (want, r) {
+                    (None, Ok(())) => assert_eq!(len, b.len() as u64, "case {i}"),
+                    (Some((at, true)), Ok(())) => assert_eq!(len, at, "case {i}: cut there"),
+                    (Some((at, false)), Err(LogError::Corrupted { offset, .. })) => {
+                        assert_eq!(offset, at, "case {i}");
+                        assert_eq!(len, b.len() as u64, "case {i}: nothing cut");
+                    }
+                    (want, r) => panic!("case {i} (hint {with_hint}): {want:?} vs {r:?}"),
+                }
+            }
+        }
+        assert!(from_hint > 100 && scans > 50, "{from_hint} {scans}");
     }
 }
