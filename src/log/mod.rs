@@ -1034,7 +1034,9 @@ impl Log {
             }
             let n = usize::try_from(avail).map_or(want, |a| a.min(want));
             let got = read(pos, n, buf)?;
-            let at_end = got as u64 == avail;
+            // (A short read: the file shrank since its length was taken, a writer cutting a torn
+            // tail say; what was read is all there is, rather than asking again forever.)
+            let at_end = got < n || got as u64 == avail;
             let s = scan::scan::<()>(&buf[..got], pos, next_seq, max, |r| {
                 if let Err(msg) = check_payload(r.seq, r.payload) {
                     problems.push(Problem {
@@ -1876,5 +1878,98 @@ mod tests {
             }
         }
         assert!(from_hint > 100 && scans > 50, "{from_hint} {scans}");
+    }
+
+    /// A file system whose files say they are 100 bytes longer than what can be read from them:
+    /// a file that shrank between a stat and the reads.
+    #[derive(Debug)]
+    struct ShrinkingFs(FaultFs);
+
+    #[derive(Debug)]
+    struct Shrunk(Box<dyn FsFile>);
+
+    impl FsFile for Shrunk {
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.write_all_at(offset, data)
+        }
+        fn len(&mut self) -> std::io::Result<u64> {
+            Ok(self.0.len()? + 100)
+        }
+        fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            self.0.sync_data()
+        }
+    }
+
+    impl Fs for ShrinkingFs {
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            self.0.create_dir_all(path)
+        }
+        fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            self.0.list(dir)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Box<dyn FsFile>> {
+            Ok(Box::new(Shrunk(self.0.open(path)?)))
+        }
+        fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn FsFile>> {
+            self.0.create_new(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.0.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            self.0.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.0.sync_dir(dir)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.0.exists(path)
+        }
+        fn lock(
+            &self,
+            path: &Path,
+            holder: &str,
+            timeout: Duration,
+        ) -> std::result::Result<Box<dyn LockGuard>, LockFailure> {
+            self.0.lock(path, holder, timeout)
+        }
+        fn lock_holder(&self, path: &Path) -> Option<String> {
+            self.0.lock_holder(path)
+        }
+    }
+
+    /// A segment that is shorter than its length said when the reads come (a writer cut it in
+    /// between): verify and a writer's scan stop at what there is, rather than asking for the
+    /// missing bytes forever.
+    #[test]
+    fn a_segment_shorter_than_its_length_does_not_hang_a_scan() {
+        let mut x = 0x5eed_0000_0000_0001u64;
+        let (fs, _, n, _) = big_log(&mut x);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let log = Log::open(
+                Arc::new(ShrinkingFs(fs)),
+                "/l",
+                LogOptions {
+                    segment_size: 1 << 30,
+                    ..LogOptions::default()
+                },
+            )
+            .unwrap();
+            let r = log.verify(&|_, _| Ok(()), &mut |_, _| {}).unwrap();
+            let w = log.recover();
+            let _ = tx.send((r.records, w.is_ok()));
+        });
+        let (records, recovered) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("verify and recover must finish");
+        assert_eq!(records, n);
+        assert!(recovered);
     }
 }
