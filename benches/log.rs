@@ -325,9 +325,10 @@ fn verify() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A new process's writer open: a fresh `Log` (no hint in memory), through the hint file the
-/// last writer left, against the same open with the hint file removed (a scan of the whole last
-/// segment, which is what every open did before there was a hint file). Interleaved rounds.
+/// A new process's writer open: a fresh `Log` (no hint in memory), as the last writer left the
+/// log (with its hint file), against the same open with the hint file removed (a scan of the
+/// whole last segment, which is what every open did before there was a hint file). Interleaved
+/// rounds. Uses no API newer than the hint file, so that it also measures the build before it.
 fn open() {
     const ROUNDS: usize = 41;
     println!(
@@ -369,19 +370,18 @@ fn open() {
         }
         drop(w);
         let (mut hinted, mut scanned) = (Vec::new(), Vec::new());
+        let hint_file = log_dir.join("TAIL").exists();
         for round in 0..=ROUNDS {
             let log = fresh();
             let t = Instant::now();
             let w = log.writer().unwrap();
             let e = t.elapsed();
-            assert_eq!(w.opened_from(), zolog::log::TailFrom::HintFile);
             drop(w);
-            std::fs::remove_file(log_dir.join("TAIL")).unwrap();
+            let _ = std::fs::remove_file(log_dir.join("TAIL"));
             let log = fresh();
             let t = Instant::now();
             let w = log.writer().unwrap();
             let s = t.elapsed();
-            assert_eq!(w.opened_from(), zolog::log::TailFrom::Scan);
             drop(w); // (the scan left a hint file again)
             if round > 0 {
                 hinted.push(e);
@@ -392,7 +392,7 @@ fn open() {
         scanned.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "last segment {mb} MB: hint file median {:.2} ms (min {:.2}), whole-segment scan median {:.2} ms (min {:.2}); load {}",
+            "last segment {mb} MB (hint file: {hint_file}): as the last writer left it median {:.2} ms (min {:.2}), without a hint file median {:.2} ms (min {:.2}); load {}",
             ms(percentile(&hinted, 0.5)),
             ms(hinted[0]),
             ms(percentile(&scanned, 0.5)),
