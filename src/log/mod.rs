@@ -653,11 +653,12 @@ impl Log {
     /// one, refuse damage. Returns the end of the last complete batch (as a hint), the bytes
     /// read, and what was cut.
     ///
-    /// Read in chunks into one buffer, as `verify` reads (no buffer the size of the segment): a
-    /// chunk that ends inside a batch is read again from the end of its last complete batch; one
-    /// that holds no complete batch is read again bigger, up to the end of the file, where a bad
-    /// frame is told apart as a torn tail or damage with everything after it in view. Damage
-    /// found in a chunk is damage in the whole segment too (the valid frame after it is there).
+    /// Read in chunks into one buffer (no buffer the size of the segment). A chunk that ends
+    /// inside a batch is followed by one from the end of its last whole frame, so no frame is
+    /// checked twice; one that holds not even a whole frame is read again bigger, up to the end
+    /// of the file, where a bad frame is told apart as a torn tail or damage with everything
+    /// after it in view. Damage found in a chunk is damage in the whole segment too (the valid
+    /// frame after it is there).
     fn scan_on(
         &self,
         file: &mut dyn FsFile,
@@ -668,22 +669,26 @@ impl Log {
         // Small under test, so that small logs are read in several chunks.
         const CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
         let max = self.inner.opts.max_record;
-        let mut at = start;
+        // The end of the last complete batch, with the CRC of the bytes before it.
+        let mut end = start;
         let mut prefix = crc32fast::Hasher::new_with_initial(start.prefix_crc);
+        // Where the next chunk starts (after the whole frames of a batch not closed yet), the
+        // seq expected there, and the CRC up to there.
+        let (mut pos, mut seq, mut ahead) = (start.end, start.next_seq, prefix.clone());
         let mut buf = Vec::new();
         let mut want = CHUNK;
         let mut read = 0;
-        let cut = loop {
-            let avail = len.saturating_sub(at.end);
+        loop {
+            let avail = len.saturating_sub(pos);
             if avail == 0 {
-                break None;
+                break;
             }
             let n = usize::try_from(avail).map_or(want, |a| a.min(want));
             buf.resize(n, 0);
             let mut got = 0;
             while got < n {
                 match file
-                    .read_at(at.end + got as u64, &mut buf[got..n])
+                    .read_at(pos + got as u64, &mut buf[got..n])
                     .map_err(|e| LogError::io("read", path, e))?
                 {
                     0 => break,
@@ -693,38 +698,83 @@ impl Log {
             read += got as u64;
             // (A short read: the file is shorter than it was; what was read is all there is.)
             let at_end = got < n || got as u64 == avail;
-            let base = at.end;
-            let s = scan::scan::<()>(&buf[..got], base, at.next_seq, max, |_| Ok(()))
+            let s = scan::scan::<()>(&buf[..got], pos, seq, max, |_| Ok(()))
                 .unwrap_or_else(|()| unreachable!());
-            prefix.update(&buf[..s.clean_end]);
-            at.end += s.clean_end as u64;
-            at.next_seq = s.next_seq;
-            at.last_crc = s.last_crc.unwrap_or(at.last_crc);
-            at.last_record_at = s
-                .last_record_at
-                .map(|o| base + o as u64)
-                .or(at.last_record_at);
+            ahead.update(&buf[..s.clean_end]);
+            if s.clean_end > 0 {
+                prefix = ahead.clone();
+                end.end = pos + s.clean_end as u64;
+                end.next_seq = s.next_seq;
+                end.last_crc = s.last_crc.unwrap_or(end.last_crc);
+                end.last_record_at = s.last_record_at.map(|o| pos + o as u64);
+            }
+            ahead.update(&buf[s.clean_end..s.valid_end]);
+            let base = pos;
+            pos += s.valid_end as u64;
+            seq = s.valid_next_seq;
             match s.tail {
-                Tail::Clean if at_end => break None,
-                Tail::Clean => want = CHUNK,
-                Tail::Damaged { at: bad, reason } => {
-                    return Err(LogError::Corrupted {
-                        segment: path.to_path_buf(),
-                        offset: base + bad as u64,
-                        reason: format!(
-                            "{reason}; valid records follow the damage, so it is not a torn tail and nothing was cut (see `zolog verify`, and `zolog recover --cut-at` to cut explicitly)"
-                        ),
-                    });
+                Tail::Clean if at_end => break,
+                Tail::Damaged { at, reason } => {
+                    return Err(damaged(path, base + at as u64, &reason));
                 }
-                Tail::Torn { reason, .. } if at_end => {
-                    break self.cut_file(file, path, at.end, &buf[s.clean_end..got], reason)?;
+                Tail::Clean | Tail::Torn { .. } if !at_end => {
+                    want = if s.valid_end == 0 {
+                        want.saturating_mul(2)
+                    } else {
+                        CHUNK
+                    };
                 }
-                Tail::Torn { .. } if s.clean_end > 0 => want = CHUNK,
-                Tail::Torn { .. } => want = want.saturating_mul(2),
+                _ => {
+                    // A torn tail, the end of the file in view. Scan from the end of the last
+                    // complete batch again (its unclosed batch perhaps began in an earlier
+                    // chunk) for the bytes to keep and the reason, as a whole scan gives them.
+                    let rest = file
+                        .read_range(
+                            end.end,
+                            usize::try_from(len - end.end).unwrap_or(usize::MAX),
+                        )
+                        .map_err(|e| LogError::io("read", path, e))?;
+                    let s = scan::scan::<()>(&rest, end.end, end.next_seq, max, |_| Ok(()))
+                        .unwrap_or_else(|()| unreachable!());
+                    return self.settle_tail(file, path, end, prefix, &rest, &s, read);
+                }
+            }
+        }
+        end.prefix_crc = prefix.finalize();
+        Ok((end, read, None))
+    }
+
+    /// Act on the tail that a scan of `rest` (the segment from the end of the last complete
+    /// batch, `end`, to its end) found: cut a torn one, refuse damage. (Its chunks found a torn
+    /// tail there; this scan of it whole is what says where and why.)
+    #[allow(clippy::too_many_arguments)]
+    fn settle_tail(
+        &self,
+        file: &mut dyn FsFile,
+        path: &Path,
+        mut end: TailHint,
+        mut prefix: crc32fast::Hasher,
+        rest: &[u8],
+        s: &scan::Scan,
+        read: u64,
+    ) -> Result<(TailHint, u64, Option<Cut>)> {
+        let base = end.end;
+        if s.clean_end > 0 {
+            prefix.update(&rest[..s.clean_end]);
+            end.last_crc = s.last_crc.unwrap_or(end.last_crc);
+            end.last_record_at = s.last_record_at.map(|o| end.end + o as u64);
+            end.next_seq = s.next_seq;
+            end.end += s.clean_end as u64;
+        }
+        end.prefix_crc = prefix.finalize();
+        let cut = match &s.tail {
+            Tail::Clean => None,
+            Tail::Damaged { at, reason } => return Err(damaged(path, base + *at as u64, reason)),
+            Tail::Torn { reason, .. } => {
+                self.cut_file(file, path, end.end, &rest[s.clean_end..], reason.clone())?
             }
         };
-        at.prefix_crc = prefix.finalize();
-        Ok((at, read, cut))
+        Ok((end, read, cut))
     }
 
     /// The checked header of the frame at `pos`, if that record is still there: its header CRC
@@ -1083,6 +1133,17 @@ impl Log {
         c.next_seq = next_seq;
         c.tail_crc = last_crc.unwrap_or(header.prev_tail_crc);
         Ok(c)
+    }
+}
+
+/// Damage that a writer's open found: it refuses, naming segment and offset.
+fn damaged(path: &Path, offset: u64, reason: &str) -> LogError {
+    LogError::Corrupted {
+        segment: path.to_path_buf(),
+        offset,
+        reason: format!(
+            "{reason}; valid records follow the damage, so it is not a torn tail and nothing was cut (see `zolog verify`, and `zolog recover --cut-at` to cut explicitly)"
+        ),
     }
 }
 
@@ -1866,6 +1927,18 @@ mod tests {
                     fresh.recover().map(drop)
                 };
                 let len = fs.read_live(&seg).unwrap().len() as u64;
+                if r.is_ok() {
+                    // The hint it left is right: the next writer uses it and agrees.
+                    let next = Log::open(Arc::new(fs.clone()), "/l", log.options().clone())
+                        .unwrap()
+                        .writer()
+                        .unwrap();
+                    assert_eq!(next.opened_from(), TailFrom::HintFile, "case {i}");
+                    let live = fs.read_live(&seg).unwrap();
+                    let s = scan::scan::<()>(&live[32..], 32, 1, DEFAULT_MAX_RECORD, |_| Ok(()))
+                        .unwrap_or_else(|()| unreachable!());
+                    assert_eq!(next.next_seq(), s.next_seq, "case {i}");
+                }
                 match (want, r) {
                     (None, Ok(())) => assert_eq!(len, b.len() as u64, "case {i}"),
                     (Some((at, true)), Ok(())) => assert_eq!(len, at, "case {i}: cut there"),
