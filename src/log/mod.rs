@@ -464,8 +464,10 @@ impl Log {
         let mut file = fs.open(&path).map_err(|e| LogError::io("open", &path, e))?;
         let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
 
+        // The hint file, kept open for the writer's own hint when it is whole.
+        let mut hint_file = None;
         let hinted = if use_hints {
-            self.usable_hint(&mut *file, last, len)
+            self.usable_hint(&mut *file, last, len, &mut hint_file)
         } else {
             None
         };
@@ -487,7 +489,7 @@ impl Log {
             last_crc: end.last_crc,
             last_record_at: end.last_record_at,
             prefix: crc32fast::Hasher::new_with_initial(end.prefix_crc),
-            hint_file: HintFile::Unopened,
+            hint_file: hint_file.map_or(HintFile::Unopened, HintFile::Open),
             opened_from: from,
             poisoned: None,
             buf: Vec::new(),
@@ -551,6 +553,7 @@ impl Log {
         file: &mut dyn FsFile,
         last: u64,
         len: u64,
+        hint_file: &mut Option<Box<dyn FsFile>>,
     ) -> Option<(TailHint, TailFrom)> {
         let mem = *self.inner.hint.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = mem
@@ -559,7 +562,7 @@ impl Log {
         {
             return Some((h, TailFrom::Memory));
         }
-        let h = match self.read_hint_file() {
+        let h = match self.read_hint_file(hint_file) {
             Ok(h) => h,
             Err(why) => {
                 tracing::debug!("tail hint file not used: {why}");
@@ -585,17 +588,22 @@ impl Log {
         None
     }
 
-    /// The hint file's hint, or why there is none.
-    fn read_hint_file(&self) -> std::result::Result<TailHint, String> {
+    /// The hint file's hint, or why there is none. The file is left in `keep` when it holds
+    /// exactly a hint's bytes, for the writer to overwrite.
+    fn read_hint_file(
+        &self,
+        keep: &mut Option<Box<dyn FsFile>>,
+    ) -> std::result::Result<TailHint, String> {
         let path = self.hint_path();
         let mut f = match self.inner.fs.open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no file".into()),
             Err(e) => return Err(format!("open: {e}")),
         };
-        let b = f
-            .read_range(0, HINT_LEN)
-            .map_err(|e| format!("read: {e}"))?;
+        let b = read_at_most(&mut *f, 0, HINT_LEN + 1).map_err(|e| format!("read: {e}"))?;
+        if b.len() == HINT_LEN {
+            *keep = Some(f);
+        }
         TailHint::decode(&b).map_err(str::to_owned)
     }
 
@@ -606,8 +614,7 @@ impl Log {
         if h.end > len {
             return false;
         }
-        let Some((sh, hlen)) = file
-            .read_range(0, SEGMENT_HEADER_LEN)
+        let Some((sh, hlen)) = read_at_most(file, 0, SEGMENT_HEADER_LEN)
             .ok()
             .and_then(|b| SegmentHeader::decode(&b).ok())
         else {
@@ -621,7 +628,7 @@ impl Log {
                 && h.next_seq == sh.first_seq
                 && h.last_crc == sh.prev_tail_crc;
         };
-        file.read_range(at, frame::FRAME_HEADER_LEN)
+        read_at_most(file, at, frame::FRAME_HEADER_LEN)
             .ok()
             .and_then(|b| frame::parse_header(&b, self.inner.opts.max_record).ok())
             .is_some_and(|fh| {
@@ -1134,6 +1141,21 @@ impl Log {
         c.tail_crc = last_crc.unwrap_or(header.prev_tail_crc);
         Ok(c)
     }
+}
+
+/// Up to `n` bytes from `offset` (fewer at the end of the file), for small reads of a known
+/// size: no stat of the file first, as `read_range` does.
+fn read_at_most(file: &mut dyn FsFile, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match file.read_at(offset + got as u64, &mut buf[got..])? {
+            0 => break,
+            k => got += k,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// Damage that a writer's open found: it refuses, naming segment and offset.
