@@ -4,10 +4,12 @@
 //!   (target ≥ 1,000,000 events/s);
 //! - `append`: one durable single-event append against a bare `write` + `fdatasync` of a small
 //!   record on the same disk (target ≤ 1.5×);
-//! - `verify`: `zolog verify` over a large log in the page cache (target ≥ 10 million events/s).
+//! - `verify`: `zolog verify` over a large log in the page cache (target ≥ 10 million events/s);
+//! - `open`: a new process's `Log::writer` (lock, find the end of the log) with a last segment of
+//!   9 MB and of 60 MB, through the tail hint file and by a scan of the whole segment.
 //!
-//! `cargo bench --bench log` runs all three; `cargo bench --bench log -- ingest` (or `append`,
-//! `verify`) one. Data goes under `target/tmp` (the disk the store would be on) and is removed.
+//! `cargo bench --bench log` runs them all; `cargo bench --bench log -- ingest` (or `append`,
+//! `verify`, `open`) one. Data goes under `target/tmp` (the disk the store would be on) and is removed.
 //! Each figure is printed with the wall-clock time, the CPU time zolog used, and the machine's load
 //! average: this machine is shared, and wall-clock figures fall when other work runs.
 
@@ -323,6 +325,84 @@ fn verify() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A new process's writer open: a fresh `Log` (no hint in memory), as the last writer left the
+/// log (with its hint file), against the same open with the hint file removed (a scan of the
+/// whole last segment, which is what every open did before there was a hint file). Interleaved
+/// rounds. Uses no API newer than the hint file, so that it also measures the build before it.
+fn open() {
+    const ROUNDS: usize = 41;
+    println!(
+        "\n== open: a new process's Log::writer, hint file vs whole-segment scan ({ROUNDS} rounds each)"
+    );
+    let dir = work_dir("open");
+    let root = dir.join(".zo");
+    init(&root);
+    let store = Store::open(&root, StoreOptions::default()).unwrap();
+    let log_dir = root.join("log");
+    let fresh = || {
+        zolog::log::Log::open(
+            std::sync::Arc::new(zolog::log::fs::RealFs),
+            &log_dir,
+            zolog::log::LogOptions::default(),
+        )
+        .unwrap()
+    };
+    let mut next = 0u64;
+    for mb in [9u64, 60] {
+        // Fill the last segment to `mb` MB in batches of 1,000 events.
+        let mut w = store.writer().unwrap();
+        loop {
+            let len: u64 = std::fs::read_dir(&log_dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".zlog"))
+                .map(|e| e.metadata().unwrap().len())
+                .max()
+                .unwrap_or(0);
+            if len >= mb * 1_000_000 {
+                break;
+            }
+            let batch: Vec<Vec<u8>> = (next..next + 1000)
+                .map(|k| codec::encode(&epoch_event(k)))
+                .collect();
+            w.append(&batch).unwrap();
+            next += 1000;
+        }
+        drop(w);
+        let (mut hinted, mut scanned) = (Vec::new(), Vec::new());
+        let hint_file = log_dir.join("TAIL").exists();
+        for round in 0..=ROUNDS {
+            let log = fresh();
+            let t = Instant::now();
+            let w = log.writer().unwrap();
+            let e = t.elapsed();
+            drop(w);
+            let _ = std::fs::remove_file(log_dir.join("TAIL"));
+            let log = fresh();
+            let t = Instant::now();
+            let w = log.writer().unwrap();
+            let s = t.elapsed();
+            drop(w); // (the scan left a hint file again)
+            if round > 0 {
+                hinted.push(e);
+                scanned.push(s);
+            }
+        }
+        hinted.sort();
+        scanned.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "last segment {mb} MB (hint file: {hint_file}): as the last writer left it median {:.2} ms (min {:.2}), without a hint file median {:.2} ms (min {:.2}); load {}",
+            ms(percentile(&hinted, 0.5)),
+            ms(hinted[0]),
+            ms(percentile(&scanned, 0.5)),
+            ms(scanned[0]),
+            loadavg()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -338,5 +418,8 @@ fn main() {
     }
     if run("verify") {
         verify();
+    }
+    if run("open") {
+        open();
     }
 }

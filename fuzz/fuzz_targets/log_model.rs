@@ -1,6 +1,7 @@
 //! A log-operations model: arbitrary appends, crashes that drop unsynced data or leave torn and
-//! garbage tails, failed fsyncs, writes failing half-way, a full disk, reopen and recover — checked
-//! against a Vec of acknowledged payloads.
+//! garbage tails, failed fsyncs, writes failing half-way, a full disk, reopen and recover, the
+//! kernel writing the (never fsynced) tail hint file back at any moment — checked against a Vec of
+//! acknowledged payloads.
 //!
 //! Oracle: after every recovery the log holds exactly the acknowledged payloads in order, plus at
 //! most the one batch whose append failed (whole, or not at all); a poisoned writer refuses every
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use zolog::log::fs::{CrashMode, FaultFs, Faults};
+use zolog::log::fs::{CrashMode, FaultFs, Faults, Fs};
 use zolog::log::{Log, LogError, LogOptions, Writer};
 
 const DIR: &str = "/zo/log";
@@ -25,6 +26,9 @@ enum Op {
     DiskFull { spare: u16 },
     Heal,
     Reopen,
+    /// The kernel writes the hint file back (and perhaps its directory entry): a later crash
+    /// keeps this version of it.
+    WriteBackHint { entry: bool },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -151,6 +155,12 @@ fuzz_target!(|input: Input| {
             Op::Reopen => {
                 m.writer = None;
                 m.log = Log::open(Arc::new(m.fs.clone()), DIR, m.opts.clone()).unwrap();
+            }
+            Op::WriteBackHint { entry } => {
+                m.fs.write_back(std::path::Path::new("/zo/log/TAIL"));
+                if entry {
+                    let _ = m.fs.sync_dir(std::path::Path::new(DIR));
+                }
             }
         }
     }

@@ -413,6 +413,23 @@ impl FaultFs {
         st.faults = Faults::default();
     }
 
+    /// The kernel writes a file's dirty pages back on its own, without anybody asking for a
+    /// sync: its live bytes become durable (a later crash keeps them). Not counted as a sync.
+    pub fn write_back(&self, path: &Path) {
+        let mut st = self.st();
+        if let Some(&ino) = st.live_names.get(path)
+            && let Some(f) = st.files.get_mut(&ino)
+        {
+            f.durable = f.live.clone();
+            for &(from, to) in &f.lost {
+                let to = to.min(f.durable.len());
+                if from < to {
+                    f.durable[from..to].fill(0);
+                }
+            }
+        }
+    }
+
     /// The live bytes of a file, for inspection.
     pub fn read_live(&self, path: &Path) -> Option<Vec<u8>> {
         let st = self.st();

@@ -27,6 +27,11 @@ pub struct Scan {
     pub last_crc: Option<u32>,
     /// Offset of that record.
     pub last_record_at: Option<usize>,
+    /// Offset just after the last whole and valid frame, its batch closed or not: where a scan
+    /// that ran out of bytes inside a batch can go on from (expecting `valid_next_seq`) without
+    /// checking that batch's first frames again.
+    pub valid_end: usize,
+    pub valid_next_seq: u64,
     pub tail: Tail,
 }
 
@@ -55,6 +60,7 @@ pub fn scan<E>(
     let mut committed_next = next_seq;
     let mut last_crc = None;
     let mut last_record_at = None;
+    let mut valid_end = 0usize;
     // Frames of the batch being read: (frame offset, payload start, payload len, seq, crc).
     let mut pending: Vec<(usize, usize, usize, u64, u32)> = Vec::new();
     let tail = loop {
@@ -83,6 +89,7 @@ pub fn scan<E>(
                 ));
                 at += h.frame_len();
                 next_seq += 1;
+                valid_end = at;
                 if h.batch_end() {
                     for &(off, p, len, seq, crc) in &pending {
                         on_record(RecordRef {
@@ -108,6 +115,8 @@ pub fn scan<E>(
         clean_end,
         last_crc,
         last_record_at,
+        valid_end,
+        valid_next_seq: next_seq,
         tail,
     })
 }

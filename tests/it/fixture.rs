@@ -64,7 +64,9 @@ fn write_fixture(dir: &Path) {
         w.append(&payloads).unwrap();
     }
     drop(w);
+    // The fixture is the segments: the lock file and the tail hint (a cache) are not part of it.
     std::fs::remove_file(log_dir.join("LOCK")).unwrap();
+    std::fs::remove_file(log_dir.join("TAIL")).unwrap();
 }
 
 #[test]

@@ -2,14 +2,17 @@
 //! acknowledged payloads): seeded random sequences of appends, crashes (unsynced data dropped, or
 //! torn: a prefix kept and zeros or garbage after it), failed fsyncs, writes failing half-way, a
 //! full disk, reopens, and crashes during recovery itself. Shows wal-rules 4, 10, 11 and 12 hold.
+//! The tail hint file is never fsynced; the kernel writing it back at random moments is modelled,
+//! so that crashes leave it older than the log, torn, empty or gone.
 
 use std::sync::Arc;
 
 use crate::common::{Rng, read_payloads, small_opts};
-use zolog::log::fs::{CrashMode, FaultFs, Faults};
-use zolog::log::{Log, LogError, LogOptions, Writer};
+use zolog::log::fs::{CrashMode, FaultFs, Faults, Fs};
+use zolog::log::{Log, LogError, LogOptions, TailFrom, Writer};
 
 const DIR: &str = "/zo/log";
+const TAIL: &str = "/zo/log/TAIL";
 
 struct Harness {
     rng: Rng,
@@ -25,6 +28,12 @@ struct Harness {
     maybe: Option<Vec<Vec<u8>>>,
     next_id: u64,
     trace: Vec<String>,
+    /// Set by a crash, cleared by the next writer.
+    crashed: bool,
+    /// New processes' writers that found the end through the hint file, and those of them
+    /// right after a crash.
+    hint_opens: usize,
+    hint_opens_after_crash: usize,
 }
 
 impl Harness {
@@ -45,6 +54,9 @@ impl Harness {
             maybe: None,
             next_id: 0,
             trace: Vec::new(),
+            crashed: false,
+            hint_opens: 0,
+            hint_opens_after_crash: 0,
         }
     }
 
@@ -80,7 +92,8 @@ impl Harness {
         if self.writer.is_some() {
             return;
         }
-        if self.rng.chance(50) {
+        let new_process = self.rng.chance(50);
+        if new_process {
             // A new process: no in-memory knowledge of the tail.
             self.log = Log::open(Arc::new(self.fs.clone()), DIR, self.opts.clone()).unwrap();
         }
@@ -88,6 +101,15 @@ impl Harness {
             .log
             .writer()
             .unwrap_or_else(|e| panic!("recovery failed: {e}\n  {}", self.ctx()));
+        self.trace
+            .push(format!("  opened from {:?}", w.opened_from()));
+        if new_process && w.opened_from() == TailFrom::HintFile {
+            self.hint_opens += 1;
+            if self.crashed {
+                self.hint_opens_after_crash += 1;
+            }
+        }
+        self.crashed = false;
         self.writer = Some(w);
         self.poisoned = false;
         self.check_content();
@@ -272,6 +294,7 @@ impl Harness {
             self.trace.push(format!("crash {mode:?}"));
         }
         self.fs.crash(mode);
+        self.crashed = true;
         self.writer = None;
     }
 
@@ -343,11 +366,25 @@ impl Harness {
             };
             self.trace.push(format!("crash {mode:?}"));
             self.fs.crash(mode);
+            self.crashed = true;
         }
         self.ensure_writer();
     }
 
+    /// The kernel writes the hint file back on its own (and sometimes commits the directory
+    /// too): a later crash keeps this version of it.
+    fn write_back_hint(&mut self) {
+        self.trace.push("hint file written back".into());
+        self.fs.write_back(std::path::Path::new(TAIL));
+        if self.rng.chance(50) {
+            self.fs.sync_dir(std::path::Path::new(DIR)).unwrap();
+        }
+    }
+
     fn step(&mut self) {
+        if self.rng.chance(10) {
+            self.write_back_hint();
+        }
         match self.rng.below(100) {
             0..=49 => self.append(),
             50..=55 => self.faulty_append(0),
@@ -373,22 +410,36 @@ impl Harness {
     }
 }
 
-fn run(seed: u64, ops: usize) -> usize {
+/// Segments at the end, and new processes' writers that used the hint file (all, after a crash).
+fn run(seed: u64, ops: usize) -> (usize, usize, usize) {
     let mut h = Harness::new(seed);
     for _ in 0..ops {
         h.step();
     }
     h.finish();
-    h.log.segments().unwrap().len()
+    (
+        h.log.segments().unwrap().len(),
+        h.hint_opens,
+        h.hint_opens_after_crash,
+    )
 }
 
 #[test]
 fn random_faults_and_crashes_lose_nothing_acknowledged() {
-    let mut segments = 0;
+    let (mut segments, mut hinted, mut after_crash) = (0, 0, 0);
     for seed in 0..8 {
-        segments += run(0xfa17_0000 + seed, 400);
+        let (s, h, c) = run(0xfa17_0000 + seed, 400);
+        segments += s;
+        hinted += h;
+        after_crash += c;
     }
     assert!(segments > 50, "rotation must be exercised: {segments}");
+    // The hint file must be exercised too, also as a crash left it.
+    assert!(hinted > 100, "hint file used {hinted} times");
+    assert!(
+        after_crash > 10,
+        "hint file used {after_crash} times after a crash"
+    );
 }
 
 /// wal-rules 10, directly: after a failed fsync every later append fails, and a reopen loses

@@ -19,4 +19,5 @@ mod schemas;
 mod see;
 mod serve;
 mod serve_clients;
+mod tail_hint;
 mod torn_tail;
