@@ -1635,6 +1635,28 @@ impl Reader {
             .map_or(self.from_seq, |p| p.next_seq.max(self.from_seq))
     }
 
+    /// Whether at most `limit` bytes of log follow the reader's position now (the rest of its
+    /// segment, and no later segment): a reader with little to read can be polled without a
+    /// thread of its own.
+    pub fn ahead_at_most(&mut self, limit: u64) -> Result<bool> {
+        if self.pos.is_none() {
+            match self.start()? {
+                Some(p) => self.pos = Some(p),
+                None => return Ok(true),
+            }
+        }
+        let pos = self.pos.as_mut().expect("set above");
+        let len = pos
+            .file
+            .len()
+            .map_err(|e| LogError::io("stat", &pos.path, e))?;
+        if len.saturating_sub(pos.offset) > limit {
+            return Ok(false);
+        }
+        let cur = pos.segment_first_seq;
+        Ok(!self.log.segments()?.iter().any(|&s| s > cur))
+    }
+
     fn start(&mut self) -> Result<Option<ReadPos>> {
         let segments = self.log.segments()?;
         // The last segment starting at or before from_seq (or the first one).

@@ -212,6 +212,12 @@ struct Chunk {
 }
 
 impl Chunk {
+    fn push(&mut self, seq: u64, payload: &[u8]) {
+        self.seqs.push(seq);
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+    }
+
     /// Its records, in log order: (seq, payload).
     fn records(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
@@ -227,7 +233,25 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Call `f` with every chunk of records from the reader's position to the end of the log, in
 /// order, and return the reader (which knows the last record delivered). Two stages on two
 /// threads: one reads and CRC-checks the log, the other (this one) decodes and folds.
-fn fold_records(reader: Reader, mut f: impl FnMut(&Chunk) -> Result<()>) -> Result<Reader> {
+fn fold_records(mut reader: Reader, mut f: impl FnMut(&Chunk) -> Result<()>) -> Result<Reader> {
+    // The tail after a checkpoint is usually a few records: read it on this thread (a second
+    // thread would cost more to start and wait for than the reading itself).
+    if reader.ahead_at_most(CHUNK_BYTES as u64)? {
+        let mut chunk = Chunk::default();
+        reader
+            .poll(|r| -> std::result::Result<(), ()> {
+                chunk.push(r.seq, r.payload);
+                Ok(())
+            })
+            .map_err(|e| match e {
+                ReadError::Log(e) => Error::from(e),
+                ReadError::Callback(()) => unreachable!("the callback never fails"),
+            })?;
+        if !chunk.seqs.is_empty() {
+            f(&chunk)?;
+        }
+        return Ok(reader);
+    }
     let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
     let (back_tx, back_rx) = mpsc::channel::<Chunk>();
     std::thread::scope(|s| {
@@ -235,9 +259,7 @@ fn fold_records(reader: Reader, mut f: impl FnMut(&Chunk) -> Result<()>) -> Resu
             let mut reader = reader;
             let mut chunk = Chunk::default();
             let end = reader.poll(|r| -> std::result::Result<(), ()> {
-                chunk.seqs.push(r.seq);
-                chunk.bytes.extend_from_slice(r.payload);
-                chunk.ends.push(chunk.bytes.len());
+                chunk.push(r.seq, r.payload);
                 if chunk.bytes.len() >= CHUNK_BYTES {
                     let mut next = back_rx.try_recv().unwrap_or_default();
                     next.seqs.clear();

@@ -1083,3 +1083,78 @@ fn chained_refresh_from_equals_a_rebuild() {
     project::rebuild(&f.store).unwrap();
     assert_same_files(&chained, &snapshot(&f.exp_dir()));
 }
+
+/// A log of several read chunks (1 MiB each) is folded on two threads by a rebuild, while each
+/// refresh after a small append folds its tail on one: the two give the same files, byte for
+/// byte, and the same state.
+#[test]
+fn a_log_of_many_chunks_folds_the_same_on_two_threads_as_in_small_steps() {
+    let f = Fixture::new("chunks");
+    f.append(0, mint("exp-001", None, "first"));
+    f.append(0, mint("exp-002", Some("exp-001"), "second"));
+    project::refresh(&f.store).unwrap();
+    for b in 0..16u64 {
+        let batch: Vec<(i64, Payload)> = (0..1_000u64)
+            .map(|k| {
+                let epoch = b * 500 + k / 2;
+                let x = epoch as f64;
+                let metrics = vec![
+                    ("train_loss_of_a_rather_long_name".into(), 1.0 / (1.0 + x)),
+                    (
+                        "val_loss".into(),
+                        if epoch == 3_333 {
+                            f64::NAN
+                        } else {
+                            2.0 / (1.0 + x)
+                        },
+                    ),
+                    ("val_acc".into(), 1.0 - 1.0 / (1.0 + x)),
+                ];
+                let p = Payload::EpochEnded(EpochEnded {
+                    experiment_id: id(if k % 2 == 0 { "exp-001" } else { "exp-002" }),
+                    epoch,
+                    step: Some(epoch * 10),
+                    metrics: Metrics(metrics),
+                    learning_rate: Some(1e-3 / (1.0 + x)),
+                    wall_time_seconds: Some(x),
+                    gpu_memory_mb: None,
+                });
+                (b as i64, p)
+            })
+            .collect();
+        let before = project::load(&f.store).unwrap();
+        f.append_all(&batch);
+        let (r, _) = project::refresh_from(&f.store, before).unwrap();
+        assert_eq!(
+            r.events, 1_000,
+            "each refresh folds only its own batch: {r:?}"
+        );
+    }
+    let log_bytes: u64 = std::fs::read_dir(f.store.root().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        log_bytes > 2 << 20,
+        "the log must span several chunks: {log_bytes} bytes"
+    );
+    let incremental = snapshot(&f.exp_dir());
+    let state_incremental = project::current(&f.store).unwrap();
+
+    std::fs::remove_dir_all(f.exp_dir()).unwrap();
+    std::fs::remove_dir_all(f.store.state_dir()).unwrap();
+    let r = project::rebuild(&f.store).unwrap();
+    assert_eq!(r.events, 16_003);
+    assert_same_files(&incremental, &snapshot(&f.exp_dir()));
+    let covers = checkpoint::Covers {
+        seq: state_incremental.seq,
+        pos: None,
+        header_crc: 0,
+        first_header_crc: 0,
+    };
+    let rebuilt = project::current(&f.store).unwrap();
+    assert!(
+        checkpoint::encode(&state_incremental, &covers, &[])
+            == checkpoint::encode(&rebuilt, &covers, &[])
+    );
+}
