@@ -291,27 +291,16 @@ fn main() {
         println!("load average at start: {}", l.trim());
     }
 
-    // Disaster recovery: no projection files at all, right after they were deleted.
-    let wipe = || {
-        let _ = std::fs::remove_dir_all(root.join("experiments"));
-        let _ = std::fs::remove_dir_all(root.join("state"));
-        settle();
-    };
-    wipe();
+    // Disaster recovery: no projection files at all, right after they were deleted. On ext4
+    // without a journal (this VM's root file system) creating the 30,000 inodes then costs the
+    // kernel more than zolog's whole rebuild: each allocation walks past the inodes just freed
+    // (`recently_deleted` in fs/ext4/ialloc.c; docs/benchmarks.md).
+    let _ = std::fs::remove_dir_all(root.join("experiments"));
+    let _ = std::fs::remove_dir_all(root.join("state"));
+    settle();
     let (t, mem) = run(&["rebuild"], &root, None);
     println!(
         "zolog rebuild (no files, deleted just before: writes every file): {:.2} s, peak RSS {} MiB",
-        t.as_secs_f64(),
-        mem / 1024
-    );
-    // The same a minute later. ext4 without a journal (this VM's root file system) does not
-    // reuse an inode freed less than 60 s ago: each new file's allocation walks past the 30,000
-    // just freed (`recently_deleted` in fs/ext4/ialloc.c), which the run above pays for.
-    wipe();
-    std::thread::sleep(Duration::from_secs(61));
-    let (t, mem) = run(&["rebuild"], &root, None);
-    println!(
-        "zolog rebuild (no files, deleted 60 s before: writes every file): {:.2} s, peak RSS {} MiB",
         t.as_secs_f64(),
         mem / 1024
     );
