@@ -337,8 +337,10 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
         ),
     };
     let source = Source::this_process(a.source.into());
-    // The projection state loads on another core while the input is parsed and appended.
-    let projections = crate::project::preload(&store);
+    // The projection state loads on another core while the input is parsed and appended; it
+    // starts with the first block that will be appended, so input that appends nothing (a bad
+    // line under `--atomic`, an empty file) loads nothing and warns of nothing.
+    let mut projections = None;
     // Parsing is most of the work: one parser per core, the writer (this thread) mostly waits
     // for fdatasync.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -359,6 +361,9 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
         let mut next = Some(first);
         while let Some(p) = next.take() {
             report_block(&mut stderr, &name, &p, &mut rejected, &mut input_error);
+            if !p.ends.is_empty() && !(a.atomic && rejected > 0) {
+                projections.get_or_insert_with(|| crate::project::preload(&store));
+            }
             events += p.ends.len();
             bytes += p.payloads.len();
             pending.push(p);
@@ -406,7 +411,9 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
     // The loading thread may warn (a discarded checkpoint, say): let go of stderr first.
     drop(stderr);
     if appended > 0 {
-        projections.refresh()?;
+        projections
+            .unwrap_or_else(|| crate::project::preload(&store))
+            .refresh()?;
     }
     let mut stdout = io::stdout().lock();
     if a.json {

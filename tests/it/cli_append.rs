@@ -475,3 +475,49 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
             .contains("second idea")
     );
 }
+
+/// Input that appends nothing (here a bad line under `--atomic`) does not load the projection
+/// state: no warning about a corrupt checkpoint, which stays as it is for the next append to
+/// discard, and the only complaint is the bad line.
+#[test]
+fn an_append_that_appends_nothing_does_not_load_the_projection_state() {
+    let (dir, root) = init_store();
+    zolog(&root)
+        .args(["exp", "mint", "--hypothesis", "h"])
+        .assert()
+        .success();
+    let ckpt = root.join("state/projections.ckpt");
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let good = "{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"idea\"}\n";
+    let out = zolog(&root)
+        .args(["append", "--atomic"])
+        .write_stdin(format!("{good}{{not json\n"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.starts_with("zolog: <stdin>:2"), "{stderr}");
+    assert!(!stderr.contains("discarded"), "loaded the state: {stderr}");
+    assert!(stderr.contains("nothing appended (--atomic)"), "{stderr}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), bytes, "checkpoint touched");
+    let next = dir.path().join(".zo/experiments/exp-001/next.md");
+    assert!(
+        !std::fs::read_to_string(&next)
+            .unwrap_or_default()
+            .contains("idea")
+    );
+    // The next append that appends does discard it, and refreshes.
+    let out = zolog(&root)
+        .arg("append")
+        .write_stdin(good)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("discarded"));
+    assert!(std::fs::read_to_string(&next).unwrap().contains("idea"));
+}
