@@ -361,7 +361,8 @@ pub fn append(ctx: &Ctx, a: AppendArgs) -> Result<ExitCode> {
         let mut next = Some(first);
         while let Some(p) = next.take() {
             report_block(&mut stderr, &name, &p, &mut rejected, &mut input_error);
-            if !p.ends.is_empty() && !(a.atomic && rejected > 0) {
+            let will_append = !p.ends.is_empty() && (rejected == 0 || !a.atomic);
+            if will_append {
                 projections.get_or_insert_with(|| crate::project::preload(&store));
             }
             events += p.ends.len();
