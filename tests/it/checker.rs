@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, fixture};
+use crate::common::{Guard, SPIKY_ALERTS, alert_rules, fixture, race, spiky_loss};
 use zolog::event::{
     AlertRaised, EpochEnded, Event, ExpId, ExperimentMinted, ExperimentStatus, Json, Metrics,
     NewEvent, Payload, Source, SourceKind, Timestamp, TrainingStarted,
@@ -536,31 +536,16 @@ fn concurrent_watchers_append_each_alert_once() {
     let p = Proj::new();
     p.start(None, None);
     for e in 0..40 {
-        let v = match e {
-            12 => 9.0,
-            25 => 40.0,
-            33.. => f64::NAN,
-            _ => 1.0 + 1.0 / (e + 1) as f64,
-        };
-        p.epoch(e, v);
+        p.epoch(e, spiky_loss(e));
     }
-    let mut watchers: Vec<Guard> = (0..4)
-        .map(|_| {
-            Guard::spawn(
-                "zolog watch",
-                p.zolog()
-                    .args(["watch", "exp-001", "--once"])
-                    .stdout(Stdio::null()),
-            )
-        })
-        .collect();
-    for w in &mut watchers {
-        assert_eq!(w.wait(Duration::from_secs(60)).code(), Some(2));
-    }
-    let rules: Vec<String> = p.alerts().into_iter().map(|(_, a)| a.rule).collect();
+    race(4, Duration::from_secs(60), 2, || {
+        let mut c = p.zolog();
+        c.args(["watch", "exp-001", "--once"]).stdout(Stdio::null());
+        c
+    });
     assert_eq!(
-        rules,
-        ["divergence.spike", "divergence.spike", "nan_inf"],
+        alert_rules(p.events()),
+        SPIKY_ALERTS,
         "each alert exactly once"
     );
 }

@@ -386,3 +386,39 @@ pub fn append(path: &Path, text: &str) {
         .unwrap();
     std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
 }
+
+/// A loss curve for racing watchers: two spikes (epochs 12 and 25) and NaN from epoch 33, so
+/// that a checker with the default rules raises exactly [`SPIKY_ALERTS`] over epochs 0..40.
+pub fn spiky_loss(epoch: u64) -> f64 {
+    match epoch {
+        12 => 9.0,
+        25 => 40.0,
+        33.. => f64::NAN,
+        _ => 1.0 + 1.0 / (epoch + 1) as f64,
+    }
+}
+
+/// The rules of the alerts [`spiky_loss`] raises over epochs 0..40, in log order.
+pub const SPIKY_ALERTS: [&str; 3] = ["divergence.spike", "divergence.spike", "nan_inf"];
+
+/// The rules of the alerts among `events`, in log order.
+pub fn alert_rules(events: impl IntoIterator<Item = Event>) -> Vec<String> {
+    events
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::AlertRaised(a) => Some(a.rule),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Start `n` copies of `cmd` (each `zolog watch ... --once` racing the others) and assert that
+/// each exits with `code` within `limit`.
+pub fn race(n: usize, limit: Duration, code: i32, mut cmd: impl FnMut() -> Command) {
+    let mut racers: Vec<Guard> = (0..n)
+        .map(|_| Guard::spawn("zolog watch", &mut cmd()))
+        .collect();
+    for (i, r) in racers.iter_mut().enumerate() {
+        assert_eq!(r.wait(limit).code(), Some(code), "racer {i}");
+    }
+}

@@ -25,7 +25,9 @@ use zolog::event::{
 use zolog::serve::{self, ServeOptions};
 use zolog::store::{Store, StoreOptions, ingest_key};
 
-use crate::common::{Guard, append, epoch_line, fixture};
+use crate::common::{
+    Guard, SPIKY_ALERTS, alert_rules, append, epoch_line, fixture, race, spiky_loss,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 /// Longest any one step of these tests may take before the test fails.
@@ -537,48 +539,25 @@ fn concurrent_watchers_through_a_busy_server_raise_each_alert_once() {
             }),
         )])
         .unwrap();
-    let loss = |e: u64| match e {
-        12 => 9.0,
-        25 => 40.0,
-        33.. => f64::NAN,
-        _ => 1.0 + 1.0 / (e + 1) as f64,
-    };
     let server = Server::start(&p.root);
     let load = Load::start(&p.root);
     // Each round brings one new alert for the four watchers to race on.
-    for (round, (epochs, code)) in [(0..15, 0), (15..30, 2), (30..40, 2)]
-        .into_iter()
-        .enumerate()
-    {
-        let batch: Vec<NewEvent> = epochs.map(|e| epoch_event(exp(1), e, loss(e))).collect();
-        p.store.append(&batch).unwrap();
-        let mut watchers: Vec<Guard> = (0..4)
-            .map(|_| {
-                Guard::spawn(
-                    "zolog watch",
-                    p.zolog(&["watch", "exp-001", "--once"])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null()),
-                )
-            })
+    for (epochs, code) in [(0..15, 0), (15..30, 2), (30..40, 2)] {
+        let batch: Vec<NewEvent> = epochs
+            .map(|e| epoch_event(exp(1), e, spiky_loss(e)))
             .collect();
-        for w in &mut watchers {
-            assert_eq!(w.wait(LIMIT).code(), Some(code), "round {round}");
-        }
+        p.store.append(&batch).unwrap();
+        race(4, LIMIT, code, || {
+            let mut c = p.zolog(&["watch", "exp-001", "--once"]);
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            c
+        });
     }
     assert!(load.finish() > 0);
     server.stop();
-    let rules: Vec<String> = p
-        .events()
-        .into_iter()
-        .filter_map(|e| match e.payload {
-            Payload::AlertRaised(a) => Some(a.rule),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        rules,
-        ["divergence.spike", "divergence.spike", "nan_inf"],
+        alert_rules(p.events()),
+        SPIKY_ALERTS,
         "each alert exactly once"
     );
 }
