@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -425,12 +425,9 @@ fn an_event_over_the_maximum_record_size_is_one_rejected_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("appended 2 event(s), last seq 3"));
 }
 
-/// `zolog append` loads the projection state on another thread while it appends. A warning that
-/// thread prints (here: the checkpoint is corrupt, so it is discarded) must neither deadlock
-/// against the appender's hold on stderr nor stop the refresh: the append succeeds, says why the
-/// checkpoint was discarded, and the files and a new checkpoint follow.
-#[test]
-fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang() {
+/// A store with exp-001 minted, whose projection checkpoint then had one bit flipped: the store's
+/// temporary directory, `.zo`, the checkpoint's path and its corrupt bytes.
+fn store_with_a_corrupt_checkpoint() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
     let (dir, root) = init_store();
     zolog(&root)
         .args(["exp", "mint", "--hypothesis", "h"])
@@ -441,6 +438,16 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&ckpt, &bytes).unwrap();
+    (dir, root, ckpt, bytes)
+}
+
+/// `zolog append` loads the projection state on another thread while it appends. A warning that
+/// thread prints (here: the checkpoint is corrupt, so it is discarded) must neither deadlock
+/// against the appender's hold on stderr nor stop the refresh: the append succeeds, says why the
+/// checkpoint was discarded, and the files and a new checkpoint follow.
+#[test]
+fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang() {
+    let (dir, root, ckpt, bytes) = store_with_a_corrupt_checkpoint();
     let line = |text: &str| {
         format!(
             "{{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"{text}\"}}\n"
@@ -466,6 +473,7 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
             .contains("first idea")
     );
     // The refresh saved a good checkpoint: the next append has nothing to say.
+    assert_ne!(std::fs::read(&ckpt).unwrap(), bytes, "no new checkpoint");
     let out = append("second idea");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
@@ -481,16 +489,7 @@ fn append_with_a_corrupt_projection_checkpoint_warns_refreshes_and_does_not_hang
 /// discard, and the only complaint is the bad line.
 #[test]
 fn an_append_that_appends_nothing_does_not_load_the_projection_state() {
-    let (dir, root) = init_store();
-    zolog(&root)
-        .args(["exp", "mint", "--hypothesis", "h"])
-        .assert()
-        .success();
-    let ckpt = root.join("state/projections.ckpt");
-    let mut bytes = std::fs::read(&ckpt).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    std::fs::write(&ckpt, &bytes).unwrap();
+    let (dir, root, ckpt, bytes) = store_with_a_corrupt_checkpoint();
     let good = "{\"type\":\"NoteAdded\",\"experiment_id\":\"exp-001\",\"section\":\"next\",\"text\":\"idea\"}\n";
     let out = zolog(&root)
         .args(["append", "--atomic"])
