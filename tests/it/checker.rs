@@ -11,43 +11,33 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, SPIKY_ALERTS, alert_rules, fixture, race, spiky_loss};
+use crate::common::{Guard, SPIKY_ALERTS, TestStore, alert_rules, fixture, race, spiky_loss};
 use zolog::event::{
-    AlertRaised, EpochEnded, Event, ExpId, ExperimentMinted, ExperimentStatus, Json, Metrics,
-    NewEvent, Payload, Source, SourceKind, Timestamp, TrainingStarted,
+    AlertRaised, EpochEnded, Event, ExpId, ExperimentStatus, Json, Metrics, NewEvent, Payload,
+    Source, SourceKind, Timestamp, TrainingStarted,
 };
-use zolog::store::{Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 
 struct Proj {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    store: Store,
+    t: TestStore,
     exp: ExpId,
+}
+
+impl std::ops::Deref for Proj {
+    type Target = TestStore;
+
+    fn deref(&self) -> &TestStore {
+        &self.t
+    }
 }
 
 impl Proj {
     fn new() -> Proj {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join(".zo");
-        std::fs::create_dir_all(&root).unwrap();
-        let store = Store::init(&root, "it", StoreOptions::default()).unwrap();
-        let exp = ExpId::parse("exp-001").unwrap();
-        let p = Proj {
-            _dir: dir,
-            root,
-            store,
-            exp,
-        };
-        p.append(Payload::ExperimentMinted(ExperimentMinted {
-            experiment_id: p.exp.clone(),
-            parent_id: None,
-            phase: "phase_4".into(),
-            hypothesis: "it trains".into(),
-            rationale: String::new(),
-        }));
-        p
+        Proj {
+            t: TestStore::with_exp001("it", None),
+            exp: ExpId::parse("exp-001").unwrap(),
+        }
     }
 
     fn append(&self, p: Payload) -> u64 {
@@ -101,12 +91,6 @@ impl Proj {
                 _ => None,
             })
             .collect()
-    }
-
-    fn zolog(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--store").arg(&self.root);
-        c
     }
 
     /// Run a zolog command to completion (bounded), returning status and stdout.

@@ -422,3 +422,47 @@ pub fn race(n: usize, limit: Duration, code: i32, mut cmd: impl FnMut() -> Comma
         assert_eq!(r.wait(limit).code(), Some(code), "racer {i}");
     }
 }
+
+/// A store opened in-process in a new temporary directory (`root` is its `.zo`), holding the
+/// reference's first experiment, exp-001, minted at `minted_at` (now if `None`).
+pub struct TestStore {
+    /// The temporary directory, removed on drop; `.zo` is inside it.
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: zolog::store::Store,
+}
+
+impl TestStore {
+    pub fn with_exp001(project: &str, minted_at: Option<Timestamp>) -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join(".zo");
+        let store =
+            zolog::store::Store::init(&root, project, zolog::store::StoreOptions::default())
+                .expect("init store");
+        let src = Source {
+            kind: SourceKind::Trainer,
+            pid: None,
+            host: None,
+        };
+        let minted = Payload::ExperimentMinted(ExperimentMinted {
+            experiment_id: exp(1),
+            parent_id: None,
+            phase: "phase_4".into(),
+            hypothesis: "it trains".into(),
+            rationale: String::new(),
+        });
+        let ev = match minted_at {
+            Some(t) => NewEvent::at(t, src, minted),
+            None => NewEvent::now(src, minted),
+        };
+        store.append(&[ev]).expect("mint exp-001");
+        TestStore { dir, root, store }
+    }
+
+    /// The `zolog` binary with `--store` set to this store.
+    pub fn zolog(&self) -> Command {
+        let mut c = Command::new(zolog_bin());
+        c.env_remove("RUST_LOG").arg("--store").arg(&self.root);
+        c
+    }
+}

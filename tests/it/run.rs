@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, fixture};
+use crate::common::{Guard, TestStore, fixture};
 use zolog::event::{
-    Event, ExpId, ExperimentMinted, ExperimentStatus, Json, NewEvent, Payload, RunKilled, Source,
-    SourceKind, TrainingEnded, TrainingStarted,
+    Event, ExpId, ExperimentStatus, Json, NewEvent, Payload, RunKilled, Source, SourceKind,
+    TrainingEnded, TrainingStarted,
 };
-use zolog::store::{Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 const LIMIT: Duration = Duration::from_secs(30);
@@ -36,37 +35,27 @@ impl Drop for Reaper {
 }
 
 struct Proj {
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    store: Store,
+    t: TestStore,
+}
+
+impl std::ops::Deref for Proj {
+    type Target = TestStore;
+
+    fn deref(&self) -> &TestStore {
+        &self.t
+    }
 }
 
 impl Proj {
     fn new() -> Proj {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join(".zo");
-        std::fs::create_dir_all(&root).unwrap();
-        let store = Store::init(&root, "it", StoreOptions::default()).unwrap();
-        store
-            .append(&[NewEvent::now(
-                Source::this_process(SourceKind::Cli),
-                Payload::ExperimentMinted(ExperimentMinted {
-                    experiment_id: exp(),
-                    parent_id: None,
-                    phase: "phase_4".into(),
-                    hypothesis: "it trains".into(),
-                    rationale: String::new(),
-                }),
-            )])
-            .unwrap();
-        Proj { dir, root, store }
+        Proj {
+            t: TestStore::with_exp001("it", None),
+        }
     }
 
     fn zolog(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--store")
-            .arg(&self.root)
-            .current_dir(self.dir.path());
+        let mut c = self.t.zolog();
+        c.current_dir(self.dir.path());
         c
     }
 

@@ -1,50 +1,38 @@
 //! Seeing a run: `zolog plot`, the curves.svg beside diagnosis.md, and the `zolog watch` panel
 //! in a real terminal (tmux).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::TestStore;
 use zolog::event::{
-    AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, ExpId, ExperimentMinted, Json,
-    Metrics, NewEvent, Payload, RunKilled, Severity, Source, SourceKind, Timestamp,
-    TrainingStarted,
+    AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, ExpId, Json, Metrics, NewEvent,
+    Payload, RunKilled, Severity, Source, SourceKind, Timestamp, TrainingStarted,
 };
-use zolog::store::{Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
 const T0: i64 = 1_790_000_000_000_000_000;
 
 struct Proj {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    store: Store,
+    t: TestStore,
     exp: ExpId,
+}
+
+impl std::ops::Deref for Proj {
+    type Target = TestStore;
+
+    fn deref(&self) -> &TestStore {
+        &self.t
+    }
 }
 
 impl Proj {
     fn new() -> Proj {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join(".zo");
-        std::fs::create_dir_all(&root).unwrap();
-        let store = Store::init(&root, "see", StoreOptions::default()).unwrap();
-        let exp = ExpId::parse("exp-001").unwrap();
         let p = Proj {
-            _dir: dir,
-            root,
-            store,
-            exp,
+            t: TestStore::with_exp001("see", Some(Timestamp(T0))),
+            exp: ExpId::parse("exp-001").unwrap(),
         };
-        p.append(
-            0,
-            Payload::ExperimentMinted(ExperimentMinted {
-                experiment_id: p.exp.clone(),
-                parent_id: None,
-                phase: "phase_4".into(),
-                hypothesis: "it trains".into(),
-                rationale: String::new(),
-            }),
-        );
         p.append(
             1,
             Payload::TrainingStarted(TrainingStarted {
@@ -104,12 +92,6 @@ impl Proj {
                 trial: None,
             }),
         );
-    }
-
-    fn zolog(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--store").arg(&self.root);
-        c
     }
 
     fn run_ok(&self, args: &[&str]) -> Vec<u8> {
