@@ -11,7 +11,7 @@ pub const FLAG_BATCH_END: u8 = 1;
 /// The default (and largest accepted) record payload: 16 MiB.
 pub const DEFAULT_MAX_RECORD: u32 = 16 * 1024 * 1024;
 
-fn crc(bytes: &[u8]) -> u32 {
+pub(super) fn crc(bytes: &[u8]) -> u32 {
     // A copy of a ready hasher: `crc32fast::hash` detects the CPU's features on every call, which
     // costs as much as checksumming a small record.
     static READY: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
@@ -20,13 +20,13 @@ fn crc(bytes: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

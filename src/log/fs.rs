@@ -28,6 +28,19 @@ pub trait FsFile: Send + fmt::Debug {
     /// `fdatasync`: data and size durable.
     fn sync_data(&mut self) -> io::Result<()>;
 
+    /// Fill `buf` from `offset`, returning how many bytes were read: fewer than `buf.len()` only
+    /// at the end of the file (or where it ends now, if it shrank).
+    fn read_full_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_at(offset + filled as u64, &mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
+    }
+
     /// Read `len` bytes from `offset` (fewer only at end of file). Never allocates more than the
     /// file holds, whatever `len` says (`usize::MAX` reads to the end).
     fn read_range(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -51,14 +64,7 @@ pub trait FsFile: Send + fmt::Debug {
         if buf.len() < len {
             buf.resize(len, 0);
         }
-        let mut filled = 0;
-        while filled < len {
-            let n = self.read_at(offset + filled as u64, &mut buf[filled..len])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled = self.read_full_at(offset, &mut buf[..len])?;
         Ok(&buf[..filled])
     }
 }

@@ -4,7 +4,7 @@
 //! against the segment before it is used (`Log::open_tail`), and any doubt about it means a full
 //! scan, never an error.
 
-use super::frame::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::frame::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, crc, u16_at, u32_at, u64_at};
 
 /// Name of the hint file in the log directory.
 pub const HINT_FILE: &str = "TAIL";
@@ -28,13 +28,6 @@ pub struct TailHint {
     pub prefix_crc: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 impl TailHint {
     // Format:
     //  0          8         10        12      16                  24    32         40               48         52           56         60    64
@@ -53,7 +46,7 @@ impl TailHint {
         b[48..52].copy_from_slice(&self.last_crc.to_le_bytes());
         b[52..56].copy_from_slice(&self.prefix_crc.to_le_bytes());
         // 56..60 reserved: 0
-        let c = crc32fast::hash(&b[0..60]);
+        let c = crc(&b[0..60]);
         b[60..64].copy_from_slice(&c.to_le_bytes());
         b
     }
@@ -67,16 +60,13 @@ impl TailHint {
         if b[0..8] != HINT_MAGIC {
             return Err("bad magic");
         }
-        if u32_at(b, 60) != crc32fast::hash(&b[0..60]) {
+        if u32_at(b, 60) != crc(&b[0..60]) {
             return Err("bad checksum");
         }
-        if u16::from_le_bytes([b[8], b[9]]) != HINT_VERSION {
+        if u16_at(b, 8) != HINT_VERSION {
             return Err("another version");
         }
-        if usize::from(u16::from_le_bytes([b[10], b[11]])) != HINT_LEN
-            || u32_at(b, 12) != 0
-            || u32_at(b, 56) != 0
-        {
+        if usize::from(u16_at(b, 10)) != HINT_LEN || u32_at(b, 12) != 0 || u32_at(b, 56) != 0 {
             return Err("bad length or flags");
         }
         let h = TailHint {

@@ -692,16 +692,9 @@ impl Log {
             }
             let n = usize::try_from(avail).map_or(want, |a| a.min(want));
             buf.resize(n, 0);
-            let mut got = 0;
-            while got < n {
-                match file
-                    .read_at(pos + got as u64, &mut buf[got..n])
-                    .map_err(|e| LogError::io("read", path, e))?
-                {
-                    0 => break,
-                    k => got += k,
-                }
-            }
+            let got = file
+                .read_full_at(pos, &mut buf)
+                .map_err(|e| LogError::io("read", path, e))?;
             read += got as u64;
             // (A short read: the file is shorter than it was; what was read is all there is.)
             let at_end = got < n || got as u64 == avail;
@@ -1025,17 +1018,8 @@ impl Log {
                 // (vec! of zeros is calloc: no byte-by-byte fill)
                 *buf = vec![0u8; n];
             }
-            let mut filled = 0;
-            while filled < n {
-                let got = file
-                    .read_at(from + filled as u64, &mut buf[filled..n])
-                    .map_err(|e| LogError::io("read", &path, e))?;
-                if got == 0 {
-                    break;
-                }
-                filled += got;
-            }
-            Ok(filled)
+            file.read_full_at(from, &mut buf[..n])
+                .map_err(|e| LogError::io("read", &path, e))
         };
         let max = self.inner.opts.max_record;
         let mut c = SegmentCheck {
@@ -1148,13 +1132,7 @@ impl Log {
 /// size: no stat of the file first, as `read_range` does.
 fn read_at_most(file: &mut dyn FsFile, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        match file.read_at(offset + got as u64, &mut buf[got..])? {
-            0 => break,
-            k => got += k,
-        }
-    }
+    let got = file.read_full_at(offset, &mut buf)?;
     buf.truncate(got);
     Ok(buf)
 }
