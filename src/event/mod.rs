@@ -124,13 +124,18 @@ impl ExpId {
     pub const PATTERN: &'static str = "^exp-[0-9]{1,9}$";
 
     pub fn parse(s: &str) -> Result<ExpId, IdError> {
-        let digits = s
-            .strip_prefix("exp-")
-            .ok_or_else(|| IdError(s.to_owned()))?;
-        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(IdError(s.to_owned()));
+        match Self::digits(s.as_bytes()) {
+            Some(_) => Ok(ExpId(s.to_owned())),
+            None => Err(IdError(s.to_owned())),
         }
-        Ok(ExpId(s.to_owned()))
+    }
+
+    /// The digits of `s` if it is an id ([`Self::PATTERN`]: `exp-` and 1 to 9 ASCII digits),
+    /// `None` if it is not: the one statement of the rule, for the parser, the codec's
+    /// allocation-free check and the projection index.
+    pub fn digits(s: &[u8]) -> Option<&[u8]> {
+        s.strip_prefix(b"exp-")
+            .filter(|d| !d.is_empty() && d.len() <= 9 && d.iter().all(u8::is_ascii_digit))
     }
 
     /// The id for number `n`, zero-padded to 3 digits as the reference numbers them.

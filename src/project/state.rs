@@ -507,17 +507,10 @@ impl State {
 /// their count (`exp-7` and `exp-007` differ), so the index holds no string per experiment.
 /// `None` for anything that is not an id (no experiment has it).
 pub(crate) fn id_key(id: &str) -> Option<u64> {
-    let digits = id.strip_prefix("exp-")?;
-    if digits.is_empty() || digits.len() > 9 {
-        return None;
-    }
-    let mut n = 0u64;
-    for b in digits.bytes() {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(b - b'0');
-    }
+    let digits = ExpId::digits(id.as_bytes())?;
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
     Some((digits.len() as u64) << 32 | n)
 }
 
