@@ -255,13 +255,13 @@ impl<'a> Walk<'a> {
         minimal.then_some(v)
     }
     fn u64(&mut self) -> Option<()> {
-        self.varint(253).map(|_| ())
+        self.u64_value().map(drop)
     }
     fn u32(&mut self) -> Option<u32> {
         self.varint(252).map(|v| v as u32)
     }
     fn f64(&mut self) -> Option<()> {
-        self.take(8).map(|_| ())
+        self.f64_value().map(drop)
     }
     fn len(&mut self) -> Option<usize> {
         usize::try_from(self.varint(253)?).ok()
@@ -279,7 +279,7 @@ impl<'a> Walk<'a> {
     fn u64_value(&mut self) -> Option<u64> {
         self.varint(253)
     }
-    /// An option whose value is read by `some`.
+    /// An option whose value is read by `some` (0: none, 1: some, anything else refused).
     fn opt_value<T>(&mut self, some: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
         match self.u8()? {
             0 => Some(None),
@@ -291,11 +291,7 @@ impl<'a> Walk<'a> {
         self.str().map(|_| ())
     }
     fn option(&mut self, some: impl FnOnce(&mut Self) -> Option<()>) -> Option<()> {
-        match self.u8()? {
-            0 => Some(()),
-            1 => some(self),
-            _ => None,
-        }
+        self.opt_value(some).map(drop)
     }
     fn vec(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         let n = self.len()?;
