@@ -1,5 +1,7 @@
 //! Text rules of the reference: C's `%g` and `%+g`, and CHECKLIST.md table cells.
 
+use std::fmt::Write as _;
+
 /// C's (and Python's) `%g`: 6 significant digits, the shorter of fixed and exponent form,
 /// trailing zeros dropped. Non-finite values print as Python prints them: `nan`, `inf`, `-inf`.
 pub fn g(x: f64) -> String {
@@ -63,22 +65,8 @@ pub fn push_g(out: &mut String, x: f64, plus: bool) {
         }
         out.push('e');
         out.push(if exp < 0 { '-' } else { '+' });
-        let e = exp.unsigned_abs();
-        if e < 10 {
-            out.push('0');
-        }
-        let mut b = [0u8; 3];
-        let mut k = b.len();
-        let mut v = e;
-        loop {
-            k -= 1;
-            b[k] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        out.push_str(std::str::from_utf8(&b[k..]).expect("ASCII digits"));
+        // (Writing to a String cannot fail.)
+        let _ = write!(out, "{:02}", exp.unsigned_abs());
     }
 }
 
@@ -86,24 +74,6 @@ pub fn push_g(out: &mut String, x: f64, plus: bool) {
 fn trim_zeros(d: &[u8]) -> &[u8] {
     let n = d.iter().rposition(|&c| c != b'0').map_or(1, |i| i + 1);
     &d[..n]
-}
-
-/// A few bytes on the stack that `write!` can fill.
-struct Stack<const N: usize> {
-    b: [u8; N],
-    n: usize,
-}
-
-impl<const N: usize> std::fmt::Write for Stack<N> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.n + s.len();
-        self.b
-            .get_mut(self.n..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.n = end;
-        Ok(())
-    }
 }
 
 /// Significant digits that [`Digits::parse`] keeps.
@@ -213,10 +183,8 @@ fn significant(a: f64) -> ([u8; 6], i32) {
             return (out, exp);
         }
     }
-    let mut s = Stack { b: [0; 32], n: 0 };
-    std::fmt::Write::write_fmt(&mut s, format_args!("{a:.5e}"))
-        .expect("an f64 in exponent form fits in 32 bytes");
-    let d = Digits::parse(&s.b[..s.n]);
+    // (Rare: ties and subnormals. One allocation is nothing next to the exact conversion.)
+    let d = Digits::parse(format!("{a:.5e}").as_bytes());
     out[..d.n].copy_from_slice(d.get());
     (out, d.exp)
 }
