@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use super::{Ctx, out};
+use super::{Ctx, out, stdout_error};
 use crate::error::{Error, Result};
 use crate::event::{
     ExpId, ExperimentStatus, Metrics, NextIdea, NoteSection, OracleTier, Timestamp,
@@ -190,26 +190,18 @@ fn print_json(v: &impl Serialize) -> Result<()> {
         let kind = e
             .io_error_kind()
             .unwrap_or_else(|| panic!("output serializes: {e}"));
-        return Err(Error::io("write", "<stdout>", io::Error::new(kind, e)));
+        return Err(stdout_error(io::Error::new(kind, e)));
     }
     w.write_all(b"\n")
         .and_then(|()| w.flush())
-        .map_err(|e| Error::io("write", "<stdout>", e))
-}
-
-/// Write `bytes` to stdout (a closed pipe ends quietly, as `cli::report` arranges).
-fn write_stdout(w: &mut impl Write, bytes: &[u8]) -> Result<()> {
-    w.write_all(bytes)
-        .map_err(|e| Error::io("write", "<stdout>", e))
+        .map_err(stdout_error)
 }
 
 /// Print to stdout (a closed pipe ends quietly, as `cli::report` arranges).
 pub(super) fn print(text: std::fmt::Arguments<'_>) -> Result<()> {
     let mut stdout = io::stdout().lock();
     out(&mut stdout, text)?;
-    stdout
-        .flush()
-        .map_err(|e| Error::io("write", "<stdout>", e))
+    stdout.flush().map_err(stdout_error)
 }
 
 pub fn run(ctx: &Ctx, a: ExpArgs) -> Result<ExitCode> {
@@ -394,14 +386,12 @@ fn print_table(exps: &[Experiment]) -> Result<()> {
         push_cell(&mut text, &e.hypothesis);
         text.push('\n');
         if text.len() >= OUT_BLOCK {
-            write_stdout(&mut stdout, text.as_bytes())?;
+            stdout.write_all(text.as_bytes()).map_err(stdout_error)?;
             text.clear();
         }
     }
-    write_stdout(&mut stdout, text.as_bytes())?;
-    stdout
-        .flush()
-        .map_err(|e| Error::io("write", "<stdout>", e))
+    stdout.write_all(text.as_bytes()).map_err(stdout_error)?;
+    stdout.flush().map_err(stdout_error)
 }
 
 #[derive(Serialize)]

@@ -529,7 +529,7 @@ pub fn log(ctx: &Ctx, a: LogArgs) -> Result<ExitCode> {
             }
             out(&mut w, format_args!("{}\n", json::to_line(&ev)))
         })?;
-        w.flush().map_err(|e| Error::io("write", "<stdout>", e))?;
+        w.flush().map_err(super::stdout_error)?;
         if !a.follow {
             if let ReadEnd::Pending {
                 segment,

@@ -193,6 +193,11 @@ fn report(e: &Error) -> ExitCode {
 
 /// Write to stdout, turning a broken pipe into an error `report` keeps quiet about.
 pub(crate) fn out(w: &mut impl Write, text: std::fmt::Arguments<'_>) -> Result<()> {
-    w.write_fmt(text)
-        .map_err(|e| Error::io("write", "<stdout>", e))
+    w.write_fmt(text).map_err(stdout_error)
+}
+
+/// A failed write to stdout (or its flush), as every command reports it: a broken pipe among
+/// them is one `report` keeps quiet about.
+pub(crate) fn stdout_error(e: io::Error) -> Error {
+    Error::io("write", "<stdout>", e)
 }

@@ -41,7 +41,7 @@ pub fn plot(ctx: &Ctx, a: PlotArgs) -> Result<ExitCode> {
         None => io::stdout()
             .lock()
             .write_all(svg.as_bytes())
-            .map_err(|e| Error::io("write", "<stdout>", e))?,
+            .map_err(super::stdout_error)?,
     }
     Ok(ExitCode::SUCCESS)
 }
