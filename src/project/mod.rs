@@ -212,6 +212,12 @@ struct Chunk {
 }
 
 impl Chunk {
+    fn clear(&mut self) {
+        self.seqs.clear();
+        self.ends.clear();
+        self.bytes.clear();
+    }
+
     fn push(&mut self, seq: u64, payload: &[u8]) {
         self.seqs.push(seq);
         self.bytes.extend_from_slice(payload);
@@ -262,9 +268,7 @@ fn fold_records(mut reader: Reader, mut f: impl FnMut(&Chunk) -> Result<()>) -> 
                 chunk.push(r.seq, r.payload);
                 if chunk.bytes.len() >= CHUNK_BYTES {
                     let mut next = back_rx.try_recv().unwrap_or_default();
-                    next.seqs.clear();
-                    next.ends.clear();
-                    next.bytes.clear();
+                    next.clear();
                     tx.send(std::mem::replace(&mut chunk, next))
                         .map_err(|_| ())?;
                 }
