@@ -22,3 +22,6 @@ pub mod store;
 pub mod tui;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod testing;

@@ -177,12 +177,10 @@ mod tests {
             4_107_542_399_999_999_999, // 2100-02-28T23:59:59.999999999
             1_795_514_013_639_907_000,
         ];
-        // A small deterministic generator (xorshift): the whole range, and days near the epoch.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // Seeded: the whole range, and days near the epoch.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = crate::testing::xorshift(&mut state);
             cases.push(x as i64);
             let secs = (x % (400 * 366 * 86_400)) as i64 - 200 * 366 * 86_400;
             cases.push(secs * 1_000_000_000 + (x >> 34) as i64 % 1_000_000_000);

@@ -1821,13 +1821,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::log::fs::FaultFs;
-
-    fn xorshift(x: &mut u64) -> u64 {
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        *x
-    }
+    use crate::testing::xorshift;
 
     /// What a scan of the whole segment at once says: (problem offset, torn?) or None.
     fn whole_scan(bytes: &[u8]) -> Option<(u64, bool)> {
@@ -1838,6 +1832,13 @@ mod tests {
             Tail::Torn { .. } => Some((32 + s.clean_end as u64, true)),
             Tail::Damaged { at, .. } => Some((32 + at as u64, false)),
         }
+    }
+
+    /// `bytes` with bit number `bit` (counted from the first byte's lowest) flipped.
+    fn flipped(bytes: &[u8], bit: u64) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        b[(bit / 8) as usize] ^= 1 << (bit % 8);
+        b
     }
 
     /// A one-segment log of 300 random batches, some far larger than a chunk; its records, and
@@ -1885,8 +1886,7 @@ mod tests {
             if bit < 32 * 8 {
                 continue;
             }
-            let mut b = bytes.clone();
-            b[(bit / 8) as usize] ^= 1 << (bit % 8);
+            let b = flipped(&bytes, bit);
             let want = whole_scan(&b).expect("a flip is always found");
             fs.write_raw(&seg, b.clone());
             let r = log.verify(&ok, &mut |_, _| {}).unwrap();
@@ -1924,9 +1924,7 @@ mod tests {
         for i in 0..400 {
             let b = if i % 2 == 0 {
                 let bit = 32 * 8 + xorshift(&mut x) % ((bytes.len() as u64 - 32) * 8);
-                let mut b = bytes.clone();
-                b[(bit / 8) as usize] ^= 1 << (bit % 8);
-                b
+                flipped(&bytes, bit)
             } else {
                 bytes[..32 + (xorshift(&mut x) as usize) % (bytes.len() - 32)].to_vec()
             };

@@ -425,15 +425,10 @@ mod tests {
 
     #[test]
     fn percent_g_agrees_with_the_textbook_form_on_many_values() {
-        // A small deterministic generator (xorshift): bit patterns across the whole range, and
-        // values near the fixed/exponent and rounding boundaries.
+        // Seeded: bit patterns across the whole range, and values near the fixed/exponent and
+        // rounding boundaries.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = || crate::testing::xorshift(&mut state);
         for _ in 0..20_000 {
             let x = f64::from_bits(next());
             if x.is_finite() && x != 0.0 {
@@ -485,12 +480,7 @@ mod tests {
             'a', 'é', '注', '|', ' ', '\t', '\n', '\u{1f}', '\u{a0}', '\u{3000}', '…',
         ];
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = || crate::testing::xorshift(&mut state);
         for _ in 0..20_000 {
             let len = (next() % 90) as usize;
             // Mostly letters, so that cuts land anywhere; sometimes runs of anything.
