@@ -466,3 +466,25 @@ impl TestStore {
         c
     }
 }
+
+/// A CheckpointSaved with what the projections show (experiment, epoch, path, reason) and
+/// nothing else.
+pub fn checkpoint_saved(
+    experiment_id: ExpId,
+    epoch: u64,
+    path: impl Into<String>,
+    reason: CheckpointReason,
+) -> Payload {
+    Payload::CheckpointSaved(CheckpointSaved {
+        experiment_id,
+        epoch: Some(epoch),
+        path: path.into(),
+        reason,
+        metrics: Metrics::new(),
+        size_bytes: None,
+        content_hash: None,
+        state_keys: vec![],
+        fold: None,
+        trial: None,
+    })
+}

@@ -457,11 +457,12 @@ fn import_brings_later_python_changes_in() {
 /// and again from the checkpoint: the same bytes.
 #[test]
 fn list_and_show_print_the_golden_bytes() {
-    use super::projections::{T0, golden_fixture, id, mint, result};
+    use super::common::checkpoint_saved;
+    use super::projections::{T0, epoch_loss_acc, golden_fixture, id, mint, result};
     use zolog::event::{
-        AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, Metrics, NewEvent, NextIdea,
-        NextIdeasRecorded, NoteAdded, NoteSection, OracleTier, Payload, RunKilled, Source,
-        SourceKind, Timestamp, TrainingEnded, TrainingStarted,
+        AlertRaised, CheckpointReason, Metrics, NewEvent, NextIdea, NextIdeasRecorded, NoteAdded,
+        NoteSection, OracleTier, Payload, RunKilled, Source, SourceKind, Timestamp, TrainingEnded,
+        TrainingStarted,
     };
 
     fn outputs(root: &Path, ids: &[&str]) -> String {
@@ -482,17 +483,7 @@ fn list_and_show_print_the_golden_bytes() {
     }
 
     let f = golden_fixture();
-    let e = |epoch: u64, loss: f64, acc: f64| {
-        Payload::EpochEnded(EpochEnded {
-            experiment_id: id("exp-002"),
-            epoch,
-            step: None,
-            metrics: Metrics(vec![("train_loss".into(), loss), ("val_acc".into(), acc)]),
-            learning_rate: Some(0.001),
-            wall_time_seconds: Some(epoch as f64 * 10.0),
-            gpu_memory_mb: None,
-        })
-    };
+    let e = |epoch, loss, acc| epoch_loss_acc("exp-002", epoch, loss, acc);
     let note = |section, text: &str| {
         Payload::NoteAdded(NoteAdded {
             experiment_id: id("exp-002"),
@@ -517,18 +508,12 @@ fn list_and_show_print_the_golden_bytes() {
         (23, e(2, f64::NAN, 0.55)),
         (
             24,
-            Payload::CheckpointSaved(CheckpointSaved {
-                experiment_id: id("exp-002"),
-                epoch: Some(1),
-                path: "models/checkpoints/tft/best.pt".into(),
-                reason: CheckpointReason::Best,
-                metrics: Metrics::new(),
-                size_bytes: None,
-                content_hash: None,
-                state_keys: vec![],
-                fold: None,
-                trial: None,
-            }),
+            checkpoint_saved(
+                id("exp-002"),
+                1,
+                "models/checkpoints/tft/best.pt",
+                CheckpointReason::Best,
+            ),
         ),
         (
             25,

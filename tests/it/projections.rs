@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::checkpoint_saved;
 use proptest::prelude::*;
 use zolog::event::{
-    AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, ExpId, ExperimentMinted,
-    ExperimentStatus, ExperimentStatusChanged, Metrics, NewEvent, NextIdea, NextIdeasRecorded,
-    NoteAdded, NoteSection, OracleTier, Payload, PrimaryMetric, ProjectInitialized, ResultRecorded,
-    RunKilled, Severity, Source, SourceKind, Timestamp, TrainingEnded, TrainingStarted,
+    AlertRaised, CheckpointReason, EpochEnded, ExpId, ExperimentMinted, ExperimentStatus,
+    ExperimentStatusChanged, Metrics, NewEvent, NextIdea, NextIdeasRecorded, NoteAdded,
+    NoteSection, OracleTier, Payload, PrimaryMetric, ProjectInitialized, ResultRecorded, RunKilled,
+    Severity, Source, SourceKind, Timestamp, TrainingEnded, TrainingStarted,
 };
 use zolog::project::{self, checkpoint};
 use zolog::store::{Store, StoreOptions};
@@ -79,6 +80,20 @@ impl Fixture {
 
 pub fn id(s: &str) -> ExpId {
     ExpId::parse(s).unwrap()
+}
+
+/// An EpochEnded of `n` with a train_loss and a val_acc, learning rate 0.001, ten seconds an
+/// epoch.
+pub fn epoch_loss_acc(n: &str, epoch: u64, loss: f64, acc: f64) -> Payload {
+    Payload::EpochEnded(EpochEnded {
+        experiment_id: id(n),
+        epoch,
+        step: None,
+        metrics: Metrics(vec![("train_loss".into(), loss), ("val_acc".into(), acc)]),
+        learning_rate: Some(0.001),
+        wall_time_seconds: Some(epoch as f64 * 10.0),
+        gpu_memory_mb: None,
+    })
 }
 
 pub fn mint(n: &str, parent: Option<&str>, hypothesis: &str) -> Payload {
@@ -394,17 +409,7 @@ fn golden_registry() {
 #[test]
 fn diagnosis_reports_numbers_alerts_and_kill() {
     let f = Fixture::new("demo");
-    let e = |epoch: u64, loss: f64, val: f64| {
-        Payload::EpochEnded(EpochEnded {
-            experiment_id: id("exp-001"),
-            epoch,
-            step: None,
-            metrics: Metrics(vec![("train_loss".into(), loss), ("val_acc".into(), val)]),
-            learning_rate: Some(0.001),
-            wall_time_seconds: Some(epoch as f64 * 10.0),
-            gpu_memory_mb: None,
-        })
-    };
+    let e = |epoch, loss, acc| epoch_loss_acc("exp-001", epoch, loss, acc);
     f.append_all(&[
         (1, mint("exp-001", None, "h")),
         (
@@ -424,18 +429,12 @@ fn diagnosis_reports_numbers_alerts_and_kill() {
         (6, e(3, f64::NAN, 0.4)),
         (
             7,
-            Payload::CheckpointSaved(CheckpointSaved {
-                experiment_id: id("exp-001"),
-                epoch: Some(1),
-                path: "models/checkpoints/tft/best.pt".into(),
-                reason: CheckpointReason::Best,
-                metrics: Metrics::new(),
-                size_bytes: None,
-                content_hash: None,
-                state_keys: vec![],
-                fold: None,
-                trial: None,
-            }),
+            checkpoint_saved(
+                id("exp-001"),
+                1,
+                "models/checkpoints/tft/best.pt",
+                CheckpointReason::Best,
+            ),
         ),
         (
             8,
@@ -680,22 +679,16 @@ fn payloads(op: &Op, minted: &mut usize) -> Vec<Payload> {
                 })
             })
             .collect(),
-        Op::Checkpoint { exp, epoch, best } => vec![Payload::CheckpointSaved(CheckpointSaved {
-            experiment_id: eid(*exp),
-            epoch: Some(*epoch),
-            path: format!("ck/{epoch}.pt"),
-            reason: if *best {
+        Op::Checkpoint { exp, epoch, best } => vec![checkpoint_saved(
+            eid(*exp),
+            *epoch,
+            format!("ck/{epoch}.pt"),
+            if *best {
                 CheckpointReason::Best
             } else {
                 CheckpointReason::Periodic
             },
-            metrics: Metrics::new(),
-            size_bytes: None,
-            content_hash: None,
-            state_keys: vec![],
-            fold: None,
-            trial: None,
-        })],
+        )],
         Op::Alert { exp, sev, rule } => vec![Payload::AlertRaised(AlertRaised {
             experiment_id: eid(*exp),
             rule: ["divergence", "overfit"][*rule as usize].into(),

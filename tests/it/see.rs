@@ -5,10 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::TestStore;
+use crate::common::{TestStore, checkpoint_saved};
 use zolog::event::{
-    AlertRaised, CheckpointReason, CheckpointSaved, EpochEnded, ExpId, Json, Metrics, NewEvent,
-    Payload, RunKilled, Severity, Source, SourceKind, Timestamp, TrainingStarted,
+    AlertRaised, CheckpointReason, EpochEnded, ExpId, Json, Metrics, NewEvent, Payload, RunKilled,
+    Severity, Source, SourceKind, Timestamp, TrainingStarted,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_zolog");
@@ -79,18 +79,12 @@ impl Proj {
     fn checkpoint(&self, epoch: u64) {
         self.append(
             15 + epoch as i64 * 10,
-            Payload::CheckpointSaved(CheckpointSaved {
-                experiment_id: self.exp.clone(),
-                epoch: Some(epoch),
-                path: format!("ck/{epoch}.pt"),
-                reason: CheckpointReason::Periodic,
-                metrics: Metrics::new(),
-                size_bytes: None,
-                content_hash: None,
-                state_keys: vec![],
-                fold: None,
-                trial: None,
-            }),
+            checkpoint_saved(
+                self.exp.clone(),
+                epoch,
+                format!("ck/{epoch}.pt"),
+                CheckpointReason::Periodic,
+            ),
         );
     }
 
